@@ -1,0 +1,14 @@
+"""The LSP networks, one module each: APC encoder, Audio2Feature, Audio2Headpose (WaveNet),
+Feature2Face generators and the multiscale PatchGAN discriminator. They take typed configs, never `opt`."""
+
+from models.networks.apc import APC, APCConfig
+from models.networks.audio2feature import Audio2FeatureConfig, Audio2FeatureNet
+from models.networks.audio2headpose import Audio2HeadposeConfig, Audio2HeadposeNet
+from models.networks.discriminator import MultiscaleDiscriminator, MultiscaleDiscriminatorConfig
+from models.networks.feature2face import FEATURE2FACE_GENERATORS, Feature2FaceG, Feature2FaceGConfig
+
+__all__ = [
+    "APC", "APCConfig", "Audio2FeatureConfig", "Audio2FeatureNet", "Audio2HeadposeConfig",
+    "Audio2HeadposeNet", "FEATURE2FACE_GENERATORS", "Feature2FaceG", "Feature2FaceGConfig",
+    "MultiscaleDiscriminator", "MultiscaleDiscriminatorConfig",
+]

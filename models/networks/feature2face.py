@@ -1,0 +1,122 @@
+"""Feature2Face generators: feature map + 4 candidate images -> RGB face (LSP §1.11).
+
+* ``large`` / ``normal``: a U-Net whose every level carries residual blocks (2 or 1 per side), 3x3
+  stride-2 convs down, nearest-neighbour x2 + 3x3 conv up, BatchNorm, no conv biases.
+  At 512^2 with ngf 64 and 8 levels: 121.8 M / 76.2 M parameters, 124.9 / 83.0 GMAC per frame.
+* ``small``: the classic pix2pix U-Net (4x4 convs, transposed convs up); 54.4 M parameters.
+
+Input channels: the 1-channel line drawing plus 4 RGB candidates = 13 (the original's unused small
+variant was built with 23; `input_nc` is a config field). Output in [-1, 1].
+Module nesting reproduces the released state-dict keys (``model.model.4.model.5...``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.networks.blocks import ResidualBlock
+
+FEATURE_MAP_CHANNELS = 1  # LSP §1.10: one-channel line drawing
+NUM_CANDIDATES = 4  # LSP §1.11: four candidate appearance images
+MIN_DOWNS = 5  # outermost + 3 widening levels + innermost
+
+
+@dataclass(frozen=True)
+class Feature2FaceGConfig:
+    """Generator variant and sizes; defaults are the released `large` generator's."""
+
+    size: str = "large"
+    input_nc: int = FEATURE_MAP_CHANNELS + 3 * NUM_CANDIDATES
+    output_nc: int = 3
+    ngf: int = 64
+    num_downs: int = 8  # the image side must be divisible by 2**num_downs
+
+
+class ResUnetBlock(nn.Module):
+    """One U-Net level with `n_res` residual blocks on each side of the submodule."""
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None, submodule: nn.Module | None = None,
+                 n_res: int = 2, outermost: bool = False) -> None:
+        super().__init__()
+        self.outermost = outermost
+        innermost = submodule is None
+        input_nc = outer_nc if input_nc is None else input_nc
+        up_in = inner_nc if innermost else inner_nc * 2
+        down: list[nn.Module] = [nn.Conv2d(input_nc, inner_nc, 3, stride=2, padding=1, bias=False)]
+        if not (outermost or innermost):
+            down.append(nn.BatchNorm2d(inner_nc))
+        down += [nn.ReLU(True)] + [ResidualBlock(inner_nc) for _ in range(n_res)]
+        up: list[nn.Module] = [nn.Upsample(scale_factor=2, mode="nearest"),
+                               nn.Conv2d(up_in, outer_nc, 3, padding=1, bias=False)]
+        if outermost:
+            up.append(nn.Tanh())
+        else:
+            up += [nn.BatchNorm2d(outer_nc), nn.ReLU(True)] + [ResidualBlock(outer_nc) for _ in range(n_res)]
+        middle = [] if innermost else [submodule]
+        self.model = nn.Sequential(*down, *middle, *up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
+
+
+class UnetBlock(nn.Module):
+    """One level of the pix2pix U-Net (used by the `small` generator)."""
+
+    def __init__(self, outer_nc: int, inner_nc: int, input_nc: int | None = None, submodule: nn.Module | None = None,
+                 outermost: bool = False) -> None:
+        super().__init__()
+        self.outermost = outermost
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, 4, stride=2, padding=1, bias=False)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, stride=2, padding=1)
+            layers = [downconv, submodule, nn.ReLU(True), upconv, nn.Tanh()]
+        elif submodule is None:  # innermost
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, 4, stride=2, padding=1, bias=False)
+            layers = [nn.LeakyReLU(0.2, True), downconv, nn.ReLU(True), upconv, nn.BatchNorm2d(outer_nc)]
+        else:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, stride=2, padding=1, bias=False)
+            layers = [nn.LeakyReLU(0.2, True), downconv, nn.BatchNorm2d(inner_nc), submodule,
+                      nn.ReLU(True), upconv, nn.BatchNorm2d(outer_nc)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
+
+
+class Feature2FaceG(nn.Module):
+    """(B, input_nc, H, W) -> (B, output_nc, H, W) in [-1, 1]; H and W divisible by 2**num_downs."""
+
+    def __init__(self, cfg: Feature2FaceGConfig = Feature2FaceGConfig()) -> None:
+        super().__init__()
+        if cfg.size not in FEATURE2FACE_GENERATORS:
+            raise ValueError(f"unknown Feature2Face size '{cfg.size}'; available: {', '.join(FEATURE2FACE_GENERATORS)}")
+        if cfg.num_downs < MIN_DOWNS:
+            raise ValueError(f"Feature2Face num_downs must be >= {MIN_DOWNS}, got {cfg.num_downs}")
+        self.cfg = cfg
+        block_cls, kwargs = FEATURE2FACE_GENERATORS[cfg.size]
+        ngf = cfg.ngf
+        block = block_cls(ngf * 8, ngf * 8, **kwargs)  # innermost
+        for _ in range(cfg.num_downs - MIN_DOWNS):
+            block = block_cls(ngf * 8, ngf * 8, submodule=block, **kwargs)
+        for mult in (4, 2, 1):
+            block = block_cls(ngf * mult, ngf * mult * 2, submodule=block, **kwargs)
+        self.model = block_cls(cfg.output_nc, ngf, input_nc=cfg.input_nc, submodule=block, outermost=True, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = 2**self.cfg.num_downs
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"Feature2Face input {tuple(x.shape[-2:])} must be divisible by {factor} "
+                             f"(2**num_downs with num_downs={self.cfg.num_downs})")
+        return self.model(x)
+
+
+# Variants of the generator (config `Image2Image.size`): block class and its extra arguments.
+FEATURE2FACE_GENERATORS: dict[str, tuple[type[nn.Module], dict]] = {
+    "large": (ResUnetBlock, {"n_res": 2}),
+    "normal": (ResUnetBlock, {"n_res": 1}),
+    "small": (UnetBlock, {}),
+}

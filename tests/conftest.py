@@ -1,0 +1,44 @@
+"""Shared test fixtures and helpers; tests run on CPU with tiny shapes and synthetic data."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def reference_keys() -> dict[str, dict[str, tuple[int, ...]]]:
+    """Sections of tests/fixtures/lsp_checkpoint_keys.txt: network name -> {key: shape}."""
+    sections: dict[str, dict[str, tuple[int, ...]]] = {}
+    current = None
+    for line in (FIXTURES / "lsp_checkpoint_keys.txt").read_text().splitlines():
+        head = re.match(r"\[(.+?)\]\s+params=(\d+)", line)
+        if head:
+            current = sections.setdefault(head.group(1), {"__params__": (int(head.group(2)),)})
+            continue
+        row = re.match(r"^(\S+)\s+\(([\d, ]*)\)\s+\w+", line)
+        if row and current is not None:
+            current[row.group(1)] = tuple(int(v) for v in row.group(2).replace(" ", "").split(",") if v)
+    return sections
+
+
+@pytest.fixture(scope="session")
+def ref_keys() -> dict[str, dict[str, tuple[int, ...]]]:
+    return reference_keys()
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of ../shared/data, or skip the test when it is not present."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path

@@ -1,0 +1,1 @@
+"""Shared helpers: audio, landmarks, geometry, manifold projection, video I/O, checkpoints, logging."""

@@ -1,0 +1,38 @@
+"""Logging set-up: one named logger for the project, stream + optional file handler, warnings once."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+LOGGER_NAME = "lsp"
+_FORMAT = "%(asctime)s %(levelname).1s %(message)s"
+_warned: set[str] = set()
+
+
+def get_logger(run_dir: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Return the project logger; when `run_dir` is given, also append to `<run_dir>/log.txt`."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(getattr(h, "_lsp_stream", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        handler._lsp_stream = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+    if run_dir is not None:
+        path = Path(run_dir) / "log.txt"
+        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in logger.handlers):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(path)
+            fh.setFormatter(logging.Formatter(_FORMAT))
+            logger.addHandler(fh)
+    return logger
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time `message` is seen in this process."""
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger(LOGGER_NAME).warning(message)
