@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -118,16 +119,17 @@ def generate_headpose(
     cfg, rf = net.cfg, net.receptive_field
     inc = IncrementalWaveNet(net.WaveNet)
     per_frame = inc.project_condition(net.condition(apc_pairs[None].reshape(1, -1, cfg.apc_dim)))[0]
-    cond = per_frame[_window_index(n_frames, rf, frame_future)]  # (steps, n_layers, 2dil)
-    history = torch.zeros(1, cfg.ndim)
-    poses = torch.zeros(n_frames, cfg.ndim)
-    for g in range(cond.shape[0]):
-        out = inc.step(history, cond[g : g + 1])
-        i = g - (rf - 1)
-        if i >= 0:
-            history = gmm_sample(out, cfg.ncenter, cfg.ndim, sigma_scale, noise[i : i + 1], uniform[i : i + 1])
-            poses[i] = history[0]
-    return poses
+    cond = per_frame[_window_index(n_frames, rf, frame_future).numpy()]  # (steps, n_layers, 2dil)
+    # The first rf steps all read zero history: run them as one convolution.
+    out = inc.prime(np.zeros((1, rf, cfg.ndim), np.float32), cond[None, :rf])[:, -1]
+    poses = np.zeros((n_frames, cfg.ndim), np.float32)
+    noise, uniform = noise.cpu(), uniform.cpu()
+    for i in range(n_frames):
+        if i > 0:
+            out = inc.step(poses[i - 1 : i], cond[rf - 1 + i : rf + i])
+        poses[i] = gmm_sample(torch.from_numpy(out), cfg.ncenter, cfg.ndim, sigma_scale,
+                              noise[i : i + 1], uniform[i : i + 1])[0].numpy()
+    return torch.from_numpy(poses)
 
 
 @torch.no_grad()

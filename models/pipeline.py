@@ -1,0 +1,326 @@
+"""PortraitPipeline: driving audio -> mouth, head pose, shoulders -> feature maps -> rendered frames.
+
+Stages are objects with one call each (LSP §1):
+    AudioEncoder        audio (16 kHz) -> log-mel -> APC features -> manifold projection  (2N, 512)
+    MouthPredictor      APC -> Audio2Feature -> post-processing -> pose-free face          (N, 73, 3)
+    HeadPosePredictor   APC -> Audio2Headpose sampling -> post-processing                 (N, 3) x 2
+    FaceRenderer        2D landmarks + shoulders -> feature maps -> Feature2Face          (N, H, W, 3)
+The output has one frame per 1/fps of audio (N = int(seconds * fps)). The original stopped 15 frames
+(the pose lookahead) short of the audio; we pad the end of the features as it did for the mouth, so
+the video covers the whole audio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.networks import (
+    APC, APCConfig, Audio2FeatureConfig, Audio2FeatureNet, Audio2HeadposeConfig, Audio2HeadposeNet,
+    Feature2FaceG, Feature2FaceGConfig,
+)
+from models.networks.audio2headpose import generate_headpose
+from util import postprocess
+from util.audio import MEL_PER_VIDEO_FRAME, LogMel, MelConfig
+from util.checkpoint import load_network
+from util.errors import InputError
+from util.geometry import project, project_landmarks, shoulder_points
+from util.identity import IdentityAssets, load_config, resolve
+from util.landmarks import feature_map
+from util.manifold import FeatureDatabase, project_to_manifold
+
+log = logging.getLogger("lsp")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' -> torch.device, with a clear error when CUDA is unavailable."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"--device {name}: expected cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}); use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected cpu, cuda or cuda:N")
+    return device
+
+
+def _pad_end(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Append `frames` copies of the last row (the original's end padding, LSP §1.5)."""
+    return torch.cat([x, x[-1:].expand(frames, -1)]) if frames > 0 else x
+
+
+class AudioEncoder:
+    """Audio samples -> manifold-projected APC features (2N, hidden), two per video frame."""
+
+    def __init__(self, apc: APC, mel_cfg: MelConfig, database: FeatureDatabase | None, knear: int, blend: float,
+                 device: torch.device) -> None:
+        self.apc, self.mel, self.database = apc.to(device), LogMel(mel_cfg), database
+        self.knear, self.blend, self.device = knear, blend, device
+
+    @torch.no_grad()
+    def __call__(self, audio: np.ndarray) -> torch.Tensor:
+        mel = torch.from_numpy(self.mel(audio)).to(self.device)  # (2N, 80)
+        feats, _ = self.apc(mel[None])  # (1, 2N, H)
+        feats = feats[0].cpu()
+        if self.database is not None:
+            feats = project_to_manifold(feats, self.database, self.knear, self.blend)
+        return feats
+
+
+class MouthPredictor:
+    """APC features -> post-processed pose-free face shape with the predicted mouth (N, 73, 3)."""
+
+    def __init__(self, net: Audio2FeatureNet, frame_future: int, assets: IdentityAssets, params: dict,
+                 device: torch.device) -> None:
+        self.net, self.frame_future, self.assets, self.device = net.to(device), frame_future, assets, device
+        self.sigma, self.amp = float(params["smooth"]), list(params["AMP"])
+        self.use_jaw = bool(params.get("use_jaw", True))
+
+    @torch.no_grad()
+    def __call__(self, apc: torch.Tensor, n_frames: int) -> np.ndarray:
+        ff = self.frame_future
+        x = _pad_end(apc[: MEL_PER_VIDEO_FRAME * n_frames], MEL_PER_VIDEO_FRAME * ff).to(self.device)
+        out, _ = self.net(x[None])  # (1, N + ff, 75): the output for frame t is read at step t + ff
+        disp = out[0, ff : ff + n_frames].cpu().double().numpy()
+        mouth = postprocess.mouth_landmarks(disp, self.assets.mean_pts3d, self.sigma, self.amp)
+        base = self.assets.tracked_pts3d.mean(0)  # the release's std_mean_pts3d
+        return postprocess.assemble_face(mouth, base, self.assets.tracked_pts3d, self.use_jaw)
+
+
+class HeadPosePredictor:
+    """APC features -> sampled head rotation (N, 3) in degrees and translation (N, 3)."""
+
+    def __init__(self, net: Audio2HeadposeNet, frame_future: int, assets: IdentityAssets, params: dict,
+                 device: torch.device) -> None:
+        self.net, self.frame_future, self.assets, self.device = net.to(device), frame_future, assets, device
+        self.gains = [float(g) for g in params["AMP"]]
+        self.sigmas = [float(s) for s in params["smooth"]]
+
+    def __call__(self, apc: torch.Tensor, n_frames: int, sigma_scale: float,
+                 generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns rotation (N, 3), translation (N, 3) and the raw samples (N, ndim)."""
+        cfg, ff = self.net.cfg, self.frame_future
+        pairs = _pad_end(apc[: MEL_PER_VIDEO_FRAME * n_frames], MEL_PER_VIDEO_FRAME * ff)
+        pairs = pairs.reshape(n_frames + ff, -1).to(self.device)
+        noise = torch.randn(n_frames, cfg.ndim, generator=generator)
+        uniform = torch.rand(n_frames, generator=generator)
+        raw = generate_headpose(self.net, pairs, n_frames, ff, noise, uniform, sigma_scale).double().numpy()
+        rot, trans = postprocess.headpose(raw, self.gains, self.sigmas, self.assets.mean_trans)
+        return rot, trans, raw
+
+
+class FaceRenderer:
+    """2D landmarks and shoulders -> feature maps -> RGB frames with Feature2Face."""
+
+    def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device) -> None:
+        self.net, self.size, self.device = net.to(device), assets.image_size, device
+        cand = torch.from_numpy(assets.candidates).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # (4, 3, H, W)
+        self.candidates = cand.reshape(1, -1, *self.size).to(device)  # (1, 12, H, W) in [-1, 1]
+        if self.net.cfg.input_nc != 1 + self.candidates.shape[1]:
+            raise InputError(f"Feature2Face expects {self.net.cfg.input_nc} input channels, but a feature map "
+                             f"and 4 candidates make {1 + self.candidates.shape[1]}")
+
+    def feature_maps(self, face2d: np.ndarray, shoulders2d: np.ndarray) -> np.ndarray:
+        """(B, 73, 2) and (B, 18, 2) pixel coordinates -> (B, H, W) uint8 line drawings."""
+        return np.stack([feature_map(f, s, self.size) for f, s in zip(face2d, shoulders2d)])
+
+    @torch.no_grad()
+    def __call__(self, maps: np.ndarray) -> np.ndarray:
+        """(B, H, W) uint8 feature maps -> (B, H, W, 3) uint8 RGB frames."""
+        fmap = torch.from_numpy(maps).to(self.device).float()[:, None] / 255  # (B, 1, H, W) in {0, 1}
+        x = torch.cat([fmap, self.candidates.expand(len(maps), -1, -1, -1)], 1)
+        out = self.net(x)  # (B, 3, H, W) in [-1, 1]
+        img = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class Prediction:
+    """Everything the audio side predicts for one clip, N frames."""
+
+    n_frames: int
+    fps: float
+    face3d: np.ndarray  # (N, 73, 3) pose-free landmarks
+    rotation: np.ndarray  # (N, 3) degrees
+    translation: np.ndarray  # (N, 3)
+    face2d: np.ndarray  # (N, 73, 2) pixels of the crop
+    shoulders2d: np.ndarray  # (N, 18, 2) pixels of the crop
+    extras: dict = field(default_factory=dict)  # raw samples, features: saved with --save_intermediates
+
+    def save(self, path: Path, with_extras: bool = False) -> None:
+        arrays = {"landmarks3d": self.face3d, "rotation": self.rotation, "translation": self.translation,
+                  "landmarks2d": self.face2d, "shoulders2d": self.shoulders2d, "fps": np.float64(self.fps)}
+        if with_extras:
+            arrays.update({k: np.asarray(v) for k, v in self.extras.items()})
+        np.savez_compressed(path, **arrays)
+
+
+class PortraitPipeline:
+    """One identity's networks and assets, chained for offline inference."""
+
+    def __init__(self, cfg: dict, assets: IdentityAssets, encoder: AudioEncoder, mouth: MouthPredictor,
+                 headpose: HeadPosePredictor, renderer: FaceRenderer, fps: float) -> None:
+        self.cfg, self.assets, self.fps = cfg, assets, fps
+        self.encoder, self.mouth, self.headpose, self.renderer = encoder, mouth, headpose, renderer
+        self.sample_rate = encoder.mel.cfg.sample_rate
+        self.min_frames = max(mouth.frame_future, headpose.frame_future) + 1
+
+    @classmethod
+    def from_identity(cls, identity: str, device: str | torch.device = "cpu",
+                      config_dir: str | Path | None = None) -> PortraitPipeline:
+        """Load config/<identity>.yaml, data/<identity>/ and the four checkpoints it names."""
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        cfg = load_config(identity, config_dir)
+        mp = cfg["model_params"]
+        use_lle = bool(mp["APC"].get("use_LLE", 1))
+        assets = IdentityAssets.load(cfg, need_apc_base=use_lle)
+        apc_default = APCConfig(mel_dim=int(mp["APC"]["mel_dim"]), hidden_size=int(mp["APC"]["hidden_size"]),
+                                num_layers=int(mp["APC"]["num_layers"]), residual=bool(mp["APC"]["residual"]))
+        apc, _, _ = load_network(resolve(cfg, mp["APC"]["ckp_path"]), "APC", APC, APCConfig, apc_default,
+                                 "APC checkpoint", optional_prefixes=("postnet.",))
+        a2f, _, a2f_meta = load_network(resolve(cfg, mp["Audio2Mouth"]["ckp_path"]), "Audio2Feature",
+                                        Audio2FeatureNet, Audio2FeatureConfig, Audio2FeatureConfig(),
+                                        "Audio2Feature checkpoint")
+        a2h, _, a2h_meta = load_network(resolve(cfg, mp["Headpose"]["ckp_path"]), "Audio2Headpose",
+                                        Audio2HeadposeNet, Audio2HeadposeConfig, Audio2HeadposeConfig(),
+                                        "Audio2Headpose checkpoint")
+        g_default = Feature2FaceGConfig(size=str(mp["Image2Image"]["size"]))
+        netg, _, _ = load_network(resolve(cfg, mp["Image2Image"]["ckp_path"]), "Feature2Face", Feature2FaceG,
+                                  Feature2FaceGConfig, g_default, "Feature2Face checkpoint",
+                                  strip=("module.", "netG."))
+        fps = float(a2f_meta.get("fps", cfg.get("fps", 60)))
+        database = None
+        if use_lle:
+            if assets.apc_base.shape[1] != apc.cfg.hidden_size:
+                raise InputError(f"APC feature database {assets.root / 'APC_feature_base.npy'}: features are "
+                                 f"{assets.apc_base.shape[1]}-d but the APC encoder gives {apc.cfg.hidden_size}-d")
+            database = FeatureDatabase(torch.from_numpy(assets.apc_base))
+        encoder = AudioEncoder(apc, MelConfig(fps=fps, n_mels=apc.cfg.mel_dim), database,
+                               int(mp["APC"]["Knear"]), float(mp["APC"]["LLE_percent"]), device)
+        mouth = MouthPredictor(a2f, int(a2f_meta.get("frame_future", mp["Audio2Mouth"]["frame_future"])),
+                               assets, mp["Audio2Mouth"], device)
+        pose = HeadPosePredictor(a2h, int(a2h_meta.get("frame_future", mp["Headpose"]["frame_future"])),
+                                 assets, mp["Headpose"], device)
+        return cls(cfg, assets, encoder, mouth, pose, FaceRenderer(netg, assets, device), fps)
+
+    def check_audio(self, audio: np.ndarray, name: str) -> int:
+        """Number of video frames of `audio`; an InputError when it is shorter than the lookahead."""
+        n = self.encoder.mel.cfg.num_video_frames(len(audio))
+        if n < self.min_frames:
+            raise InputError(f"driving audio {name}: {len(audio) / self.sample_rate:.2f} s is too short; need at least "
+                             f"{self.min_frames / self.fps:.2f} s ({self.min_frames} frames at {self.fps:g} fps, "
+                             f"the models' lookahead + 1)")
+        return n
+
+    def predict(self, audio: np.ndarray, name: str = "audio", seed: int = 0, sigma_scale: float | None = None,
+                poses: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
+        """Run the audio side: features, mouth, head pose (sampled, or given), projection to 2D."""
+        n = self.check_audio(audio, name)
+        apc = self.encoder(audio)
+        face3d = self.mouth(apc, n)
+        extras = {"apc_features": apc.numpy()}
+        if poses is None:
+            scale = float(self.cfg["model_params"]["Headpose"]["sigma"]) if sigma_scale is None else sigma_scale
+            gen = torch.Generator().manual_seed(seed)
+            rot, trans, raw = self.headpose(apc, n, scale, gen)
+            extras["headpose_samples"] = raw
+        else:
+            rot, trans = poses
+        a = self.assets
+        face2d = project_landmarks(face3d, rot, trans, a.scale, a.intrinsic)
+        shoulders = shoulder_points(a.shoulders3d, a.ref_trans, trans,
+                                    float(self.cfg["model_params"]["Headpose"]["shoulder_AMP"]))
+        shoulders2d = project(shoulders, a.intrinsic) + a.shoulder_offset
+        return Prediction(n, self.fps, face3d, rot, trans, face2d, shoulders2d, extras)
+
+    def render(self, pred: Prediction, batch_size: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (RGB frame (H, W, 3), feature map (H, W)) for every frame of `pred`."""
+        for start in range(0, pred.n_frames, batch_size):
+            sl = slice(start, start + batch_size)
+            maps = self.renderer.feature_maps(pred.face2d[sl], pred.shoulders2d[sl])
+            yield from zip(self.renderer(maps), maps)
+
+    def write(self, pred: Prediction, audio: np.ndarray, out_dir: Path, name: str, batch_size: int = 1,
+              save_intermediates: bool = False) -> dict[str, Path]:
+        """Render `pred` and write <name>.mp4 (with audio), <name>_feature_maps.mp4 and <name>.npz."""
+        from tqdm import tqdm
+
+        from util.video import VideoWriter
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_input = bool(self.cfg["model_params"]["Image2Image"].get("save_input", 1))
+        audio = audio[: int(round(pred.n_frames / self.fps * self.sample_rate))]
+        paths = {"video": out_dir / f"{name}.mp4", "landmarks": out_dir / f"{name}.npz"}
+        frames_dir = out_dir / "frames"
+        if save_intermediates:
+            frames_dir.mkdir(exist_ok=True)
+        writer = VideoWriter(paths["video"], self.fps, self.assets.image_size, audio, self.sample_rate)
+        maps_writer = None
+        if save_input:
+            paths["feature_maps"] = out_dir / f"{name}_feature_maps.mp4"
+            maps_writer = VideoWriter(paths["feature_maps"], self.fps, self.assets.image_size, audio,
+                                      self.sample_rate, gray=True)
+        try:
+            frames = tqdm(self.render(pred, batch_size), total=pred.n_frames, desc="render", unit="frame")
+            for k, (frame, fmap) in enumerate(frames):
+                writer.write(frame)
+                if maps_writer is not None:
+                    maps_writer.write(fmap)
+                if save_intermediates:
+                    _save_png(frames_dir / f"pred_{k + 1:05d}.png", frame)
+                    _save_png(frames_dir / f"input_{k + 1:05d}.png", fmap)
+        except BaseException:
+            for w in (writer, maps_writer):
+                if w is not None:
+                    w.abort()
+            raise
+        writer.close()
+        if maps_writer is not None:
+            maps_writer.close()
+        pred.save(paths["landmarks"], with_extras=save_intermediates)
+        return paths
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+
+
+def load_pose_file(path: Path, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Explicit head poses: rotation (N, 3) degrees and translation (N, 3), looped back and forth to N.
+
+    Accepts .npy/.txt/.csv with rows [rot x, y, z, trans x, y, z] or an .npz with `rot_angles` (T, 3)
+    and `trans` (T, 3[, 1]) such as an identity's 3d_fit_data.npz.
+    """
+    from util.errors import require_file
+
+    require_file(path, "--pose_file")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                if "rot_angles" not in data or "trans" not in data:
+                    raise InputError(f"--pose_file {path}: an .npz needs arrays rot_angles and trans, has {data.files}")
+                poses = np.concatenate([data["rot_angles"].reshape(-1, 3), data["trans"].reshape(-1, 3)], 1)
+        elif path.suffix == ".npy":
+            poses = np.load(path)
+        else:
+            poses = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+    except ValueError as err:
+        raise InputError(f"--pose_file {path}: cannot be read as numbers ({err})") from err
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.ndim != 2 or poses.shape[1] != 6 or len(poses) == 0 or not np.all(np.isfinite(poses)):
+        raise InputError(f"--pose_file {path}: expected finite N x 6 rows [rot x y z, trans x y z], "
+                         f"got shape {poses.shape}")
+    period = max(1, 2 * len(poses) - 2)
+    idx = np.arange(n_frames) % period
+    idx = np.where(idx < len(poses), idx, period - idx)  # ping-pong: no jump when the sequence wraps
+    return poses[idx, :3], poses[idx, 3:]

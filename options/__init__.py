@@ -1,0 +1,1 @@
+"""Command-line options, pix2pix style: BaseOptions -> TrainOptions / TestOptions, plus DemoOptions."""

@@ -1,0 +1,47 @@
+"""Options of demo.py: drive one identity with one audio file (the release's flags, typed)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from options.common import log_non_defaults, non_negative_float, positive_int
+
+
+class DemoOptions:
+    """`python demo.py --id May --driving_audio speech.wav [--device cuda] [--seed 0]`."""
+
+    def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--id", type=str, required=True,
+                            help="identity: reads config/<id>.yaml and the data/<id>/ folder it points at")
+        parser.add_argument("--driving_audio", type=Path, required=True,
+                            help="speech to drive the portrait: wav/flac/mp3/ogg/m4a/mp4, any rate, mono or stereo")
+        parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda or cuda:N")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the head-motion sampling")
+        parser.add_argument("--results_dir", type=Path, default=Path("results"),
+                            help="outputs go to <results_dir>/<id>/<audio name>/")
+        parser.add_argument("--save_intermediates", action="store_true",
+                            help="also keep every frame and feature map as PNG, and the audio features in the .npz")
+        parser.add_argument("--sigma_scale", type=non_negative_float, default=None,
+                            help="scale of the sampled head-motion sigma (default: config Headpose.sigma, 0.3); "
+                                 "0 gives the mean motion")
+        parser.add_argument("--pose_file", type=Path, default=None,
+                            help="explicit head poses instead of sampling: .npy/.txt/.csv of N x 6 rows "
+                                 "[rot x y z in degrees, trans x y z], or an .npz with rot_angles and trans "
+                                 "(e.g. the identity's 3d_fit_data.npz); looped back and forth to the audio length")
+        parser.add_argument("--config_dir", type=Path, default=None,
+                            help="folder of <id>.yaml files (default: the project's config/)")
+        parser.add_argument("--batch_size", type=positive_int, default=1, help="frames rendered per network call")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="write into an existing results folder, replacing the files this demo makes")
+        parser.add_argument("--verbose", action="store_true", help="log more")
+        return parser
+
+    def parse(self, args: list[str] | None = None) -> argparse.Namespace:
+        parser = self.initialize(argparse.ArgumentParser(
+            description="Drive a trained Live Speech Portraits identity with speech.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        opt = parser.parse_args(args)
+        self.parser = parser
+        log_non_defaults(opt, parser)
+        return opt

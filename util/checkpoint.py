@@ -1,0 +1,111 @@
+"""Checkpoint I/O: atomic saves, our self-describing network files, and strict loading of both ours
+and the authors' released state dicts (`module.` / `netG.` prefixes, LSP §2.1).
+
+Our per-network file is a dict {format, network, config, meta, state_dict}: the network's frozen
+dataclass config travels with its weights, so inference rebuilds every network from its file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from util.errors import InputError, require_file
+
+FORMAT = "lsp-network/1"
+C = TypeVar("C")
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_network(path: str | Path, net: nn.Module, network: str, config: Any, meta: dict | None = None) -> None:
+    """Write `net`'s weights with its dataclass `config` and free-form `meta` (e.g. fps, lookahead)."""
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_save({"format": FORMAT, "network": network, "config": dataclasses.asdict(config),
+                 "meta": dict(meta or {}), "state_dict": state}, path)
+
+
+def load_file(path: str | Path, what: str) -> Any:
+    """torch.load on CPU with weights_only, turning a missing or unreadable file into InputError."""
+    require_file(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or foreign files
+        raise InputError(f"{what} {path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+
+
+def _strip_common_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Remove each prefix in turn when every key carries it (DataParallel's `module.`, the wrapper's `netG.`)."""
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str,
+                optional_prefixes: tuple[str, ...] = ()) -> None:
+    """Load `state` into `module`; any missing, unexpected or mis-shaped key is an InputError naming it.
+
+    Keys under `optional_prefixes` may be absent from the file (e.g. APC's pre-training postnet).
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(optional_prefixes)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            raise InputError(f"{what} {path}: {label}: {', '.join(keys[:3])}{more}")
+    own.update(state)
+    module.load_state_dict(own)
+
+
+def load_network(path: str | Path, network: str, net_cls: type[nn.Module], config_cls: type[C],
+                 default_config: C, what: str, strip: tuple[str, ...] = ("module.",),
+                 optional_prefixes: tuple[str, ...] = ()) -> tuple[nn.Module, C, dict]:
+    """Build and load a network from our file (config inside) or a released raw state dict.
+
+    Args:
+        network: the name our files record (checked, so a file of another network is refused).
+        default_config: the config used for a raw state dict, which carries none.
+        strip: key prefixes removed from a raw state dict when every key has them.
+    Returns:
+        (network in eval mode, its config, the file's meta dict).
+    """
+    obj = load_file(path, what)
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} {path}: expected a state dict, found {type(obj).__name__}")
+    if obj.get("format") == FORMAT:
+        if obj.get("network") != network:
+            raise InputError(f"{what} {path}: holds a '{obj.get('network')}' network, expected '{network}'")
+        try:
+            config = config_cls(**obj["config"])
+        except TypeError as err:
+            raise InputError(f"{what} {path}: config does not fit {config_cls.__name__} ({err})") from err
+        state, meta = obj["state_dict"], obj.get("meta", {})
+    else:
+        if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise InputError(f"{what} {path}: expected a state dict of tensors")
+        config, state, meta = default_config, _strip_common_prefix(obj, strip), {}
+    net = net_cls(config)
+    load_strict(net, state, path, what, optional_prefixes)
+    return net.eval(), config, meta

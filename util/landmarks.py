@@ -1,0 +1,73 @@
+"""The 73-point LSP landmark layout and the conditional feature map drawn from it (LSP §1.8, §1.10).
+
+Layout (indices into the 73 points): contour 0-14, right brow 15-20, left brow 21-26, eyes 27-34 and
+65-72, nose 35-45, outer lips 46-57, inner lips 58-63, point 64 unused by drawing.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+NUM_POINTS = 73
+NUM_SHOULDER_POINTS = 18  # LSP §1.9: two polylines of 9 points
+SHOULDER_POLYLINE = 9
+
+JAW = list(range(4, 11))  # contour points the mouth model predicts (and the original discards)
+LIPS = list(range(46, 64))  # 12 outer + 6 inner lip points
+MOUTH = JAW + LIPS  # the 25 Audio2Feature points, in output order (LSP §1.5)
+EYES = [27, 65, 28, 68, 29, 67, 30, 66, 31, 72, 32, 69, 33, 70, 34, 71]  # the release's "eye_brow_indices"
+UPPER_INNER_LIP = [63, 62, 61]  # paired with LOWER_INNER_LIP for the lip-intersection fix (LSP §1.7)
+LOWER_INNER_LIP = [58, 59, 60]
+UPPER_OUTER_LIP = [47, 48, 49, 50, 51]
+LOWER_OUTER_LIP = [57, 56, 55, 54, 53]
+OUTER_LIP_RING = list(range(46, 58))
+
+# Polylines of the feature map (LSP §1.10), each drawn as connected segments.
+FACE_POLYLINES: list[list[int]] = [
+    list(range(0, 15)),  # contour
+    [15, 16, 17, 18, 18, 19, 20, 15],  # right brow (closed)
+    [21, 22, 23, 24, 24, 25, 26, 21],  # left brow (closed)
+    list(range(35, 44)),  # nose (44, 45 not drawn)
+    [27, 65, 28, 68, 29], [29, 67, 30, 66, 27],  # right eye
+    [33, 69, 32, 72, 31], [31, 71, 34, 70, 33],  # left eye
+    list(range(46, 53)), [52, 53, 54, 55, 56, 57, 46],  # outer lips
+    [46, 63, 62, 61, 52], [52, 60, 59, 58, 46],  # inner lips
+]
+SHOULDER_POLYLINES = [list(range(i * SHOULDER_POLYLINE, (i + 1) * SHOULDER_POLYLINE)) for i in range(2)]
+LINE_THICKNESS = 2  # LSP §1.10: cv2.line thickness, 8-connected, not anti-aliased
+LINE_VALUE = 255
+COORD_LIMIT_FACTOR = 8  # points further than 8 image sides away are clamped before drawing
+
+
+def draw_polylines(canvas: np.ndarray, points: np.ndarray, polylines: list[list[int]],
+                   thickness: int = LINE_THICKNESS) -> None:
+    """Draw each index sequence of `polylines` over `points` (P, 2) into the uint8 `canvas`, in place.
+
+    Coordinates are truncated toward zero with int(), as the original does; NaN and far-off values
+    (e.g. from an untrained model) are clamped so drawing never fails.
+    """
+    limit = COORD_LIMIT_FACTOR * max(canvas.shape)
+    pts = np.trunc(np.clip(np.nan_to_num(points, nan=-limit), -limit, limit)).astype(np.int32)
+    for seq in polylines:
+        for a, b in zip(seq[:-1], seq[1:]):
+            cv2.line(canvas, (int(pts[a, 0]), int(pts[a, 1])), (int(pts[b, 0]), int(pts[b, 1])),
+                     LINE_VALUE, thickness, cv2.LINE_8)
+
+
+def feature_map(landmarks2d: np.ndarray, shoulders2d: np.ndarray | None, size: int | tuple[int, int],
+                thickness: int = LINE_THICKNESS) -> np.ndarray:
+    """The one-channel line drawing of the face (73 points) and shoulders (18 points).
+
+    Args:
+        landmarks2d: (73, 2) pixel coordinates in the crop; shoulders2d: (18, 2) or None.
+        size: side of the square crop, or (height, width).
+    Returns:
+        (H, W) uint8 image, 0 background and 255 lines.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    canvas = np.zeros((h, w), np.uint8)
+    draw_polylines(canvas, landmarks2d, FACE_POLYLINES, thickness)
+    if shoulders2d is not None:
+        draw_polylines(canvas, shoulders2d, SHOULDER_POLYLINES, thickness)
+    return canvas

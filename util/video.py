@@ -1,0 +1,121 @@
+"""Video output through the static ffmpeg of imageio-ffmpeg: H.264 (yuv420p) + AAC, browser-playable.
+
+Frames are piped raw to ffmpeg (no intermediate JPEGs); audio is muxed from a WAV written beside the
+output. Everything is written to a temporary name and renamed when ffmpeg succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CRF = 18  # x264 quality: visually lossless for talking heads
+PRESET = "veryfast"
+AUDIO_BITRATE = "128k"
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg (has libx264 and aac)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class VideoWriter:
+    """Write RGB frames to an .mp4, optionally muxing mono float audio; use as a context manager."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int], audio: np.ndarray | None = None,
+                 sample_rate: int = 16000, gray: bool = False) -> None:
+        self.path = Path(path)
+        self.height, self.width = size
+        self.channels = 1 if gray else 3
+        self.frames = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self._wav = None
+        cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-f", "rawvideo",
+               "-pix_fmt", "gray" if gray else "rgb24", "-s", f"{self.width}x{self.height}", "-r", str(fps), "-i", "-"]
+        if audio is not None:
+            import soundfile as sf
+
+            fd, wav = tempfile.mkstemp(suffix=".wav", dir=self.path.parent)
+            os.close(fd)
+            self._wav = Path(wav)
+            sf.write(wav, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+            cmd += ["-i", wav, "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest"]
+        cmd += ["-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
+                "-movflags", "+faststart", str(self._tmp)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one (H, W, 3) RGB or (H, W) gray uint8 frame."""
+        if frame.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame {frame.shape[:2]} does not match the video size {(self.height, self.width)}")
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+        except BrokenPipeError as err:
+            raise RuntimeError(f"ffmpeg stopped while writing {self.path}: {self._stderr()}") from err
+        self.frames += 1
+
+    def _stderr(self) -> str:
+        self._proc.wait()
+        return self._proc.stderr.read().decode(errors="replace").strip()[-500:]
+
+    def close(self) -> None:
+        """Finish the file; raises RuntimeError with ffmpeg's message on failure."""
+        try:
+            if self._proc.stdin and not self._proc.stdin.closed:
+                self._proc.stdin.close()
+            err = self._stderr()
+            if self._proc.returncode != 0:
+                raise RuntimeError(f"ffmpeg failed writing {self.path}: {err}")
+            os.replace(self._tmp, self.path)
+        finally:
+            if self._wav is not None:
+                self._wav.unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for p in (self._tmp, self._wav):
+            if p is not None:
+                p.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def probe(path: str | Path) -> dict:
+    """Streams of a media file as ffmpeg reports them: {'video': {...}, 'audio': {...}, 'frames': n}.
+
+    Uses `ffmpeg -i` (imageio-ffmpeg ships no ffprobe) and counts frames by decoding.
+    """
+    exe = ffmpeg_exe()
+    proc = subprocess.run([exe, "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0", "-f", "null", "-",
+                           "-progress", "pipe:1"], capture_output=True, text=True, check=False)
+    frames = 0
+    for line in proc.stdout.splitlines():
+        if line.startswith("frame="):
+            frames = int(line.split("=")[1])
+    info = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True, check=False)
+    streams = {}
+    for line in info.stderr.splitlines():
+        line = line.strip()
+        for kind in ("Video", "Audio"):
+            if line.startswith("Stream") and f": {kind}: " in line:
+                streams.setdefault(kind.lower(), {"description": line.split(f": {kind}: ", 1)[1]})
+    return {**streams, "frames": frames, "json": json.dumps(streams)}
