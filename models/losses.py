@@ -16,7 +16,8 @@ def split_gmm(out: torch.Tensor, ncenter: int, ndim: int) -> tuple[torch.Tensor,
     """(..., C) -> logits (..., nc), mu (..., nc, ndim), neg_log_sigma (..., nc, ndim)."""
     expected = ncenter * (1 + 2 * ndim)
     if out.shape[-1] != expected:
-        raise ValueError(f"GMM output has {out.shape[-1]} channels, expected {expected} for ncenter={ncenter}, ndim={ndim}")
+        raise ValueError(f"GMM output has {out.shape[-1]} channels, expected {expected} "
+                         f"for ncenter={ncenter}, ndim={ndim}")
     lead = out.shape[:-1]
     logits = out[..., :ncenter]
     mu = out[..., ncenter : ncenter * (1 + ndim)].reshape(*lead, ncenter, ndim)

@@ -21,8 +21,14 @@ import numpy as np
 import torch
 
 from models.networks import (
-    APC, APCConfig, Audio2FeatureConfig, Audio2FeatureNet, Audio2HeadposeConfig, Audio2HeadposeNet,
-    Feature2FaceG, Feature2FaceGConfig,
+    APC,
+    APCConfig,
+    Audio2FeatureConfig,
+    Audio2FeatureNet,
+    Audio2HeadposeConfig,
+    Audio2HeadposeNet,
+    Feature2FaceG,
+    Feature2FaceGConfig,
 )
 from models.networks.audio2headpose import generate_headpose
 from util import postprocess
@@ -44,7 +50,8 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as err:
         raise InputError(f"--device {name}: expected cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}); use --device cpu")
+        raise InputError(f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}); "
+                         "use --device cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     if device.type not in ("cpu", "cuda"):
@@ -192,7 +199,9 @@ class PortraitPipeline:
         a2h, _, a2h_meta = load_network(resolve(cfg, mp["Headpose"]["ckp_path"]), "Audio2Headpose",
                                         Audio2HeadposeNet, Audio2HeadposeConfig, Audio2HeadposeConfig(),
                                         "Audio2Headpose checkpoint")
-        g_default = Feature2FaceGConfig(size=str(mp["Image2Image"]["size"]))
+        i2i = mp["Image2Image"]
+        g_default = Feature2FaceGConfig(size=str(i2i["size"]), ngf=int(i2i.get("ngf", 64)),
+                                        num_downs=int(i2i.get("num_downs", 8)))
         netg, _, _ = load_network(resolve(cfg, mp["Image2Image"]["ckp_path"]), "Feature2Face", Feature2FaceG,
                                   Feature2FaceGConfig, g_default, "Feature2Face checkpoint",
                                   strip=("module.", "netG."))
@@ -257,7 +266,7 @@ class PortraitPipeline:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         save_input = bool(self.cfg["model_params"]["Image2Image"].get("save_input", 1))
-        audio = audio[: int(round(pred.n_frames / self.fps * self.sample_rate))]
+        audio = audio[: round(pred.n_frames / self.fps * self.sample_rate)]
         paths = {"video": out_dir / f"{name}.mp4", "landmarks": out_dir / f"{name}.npz"}
         frames_dir = out_dir / "frames"
         if save_intermediates:

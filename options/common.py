@@ -16,7 +16,7 @@ def format_options(opt: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     for key, value in sorted(vars(opt).items()):
         default = parser.get_default(key)
         note = f"\t[default: {default}]" if value != default else ""
-        lines.append(f"{key:>25}: {str(value):<30}{note}")
+        lines.append(f"{key:>25}: {value!s:<30}{note}")
     lines.append("----------------- End -------------------")
     return "\n".join(lines)
 

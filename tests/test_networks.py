@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from models.networks import (
-    APC, Audio2FeatureNet, Audio2HeadposeNet, Feature2FaceG, Feature2FaceGConfig, MultiscaleDiscriminator,
+    APC,
+    Audio2FeatureNet,
+    Audio2HeadposeNet,
+    Feature2FaceG,
+    Feature2FaceGConfig,
+    MultiscaleDiscriminator,
 )
 
 

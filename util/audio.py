@@ -106,7 +106,9 @@ class LogMel:
         self.cfg = cfg
         win = cfg.win_length
         if not 0 < win <= cfg.n_fft:
-            raise InputError(f"mel: window {win} samples (sr/fps) must be in 1..n_fft={cfg.n_fft}")
+            raise InputError(f"mel: the window of one video frame, {win} samples (sample rate / fps = "
+                             f"{cfg.sample_rate}/{cfg.fps:g}), must fit n_fft={cfg.n_fft}: use fps >= "
+                             f"{cfg.sample_rate / cfg.n_fft:g}")
         pad = (cfg.n_fft - cfg.stft_hop) // 2
         if pad >= win:
             raise InputError(f"mel: reflect padding {pad} must be shorter than the clip ({win} samples)")
@@ -153,7 +155,8 @@ def log_mel_framewise(audio: np.ndarray, cfg: MelConfig = MelConfig()) -> np.nda
     import torch
     import torch.nn.functional as F
 
-    basis = torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax).astype(np.float32))
+    basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+    basis = torch.from_numpy(basis.astype(np.float32))
     window = torch.hann_window(cfg.win_length)
     pad = (cfg.n_fft - cfg.stft_hop) // 2
     n = MEL_PER_VIDEO_FRAME * cfg.num_video_frames(len(audio))

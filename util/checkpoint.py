@@ -107,5 +107,10 @@ def load_network(path: str | Path, network: str, net_cls: type[nn.Module], confi
             raise InputError(f"{what} {path}: expected a state dict of tensors")
         config, state, meta = default_config, _strip_common_prefix(obj, strip), {}
     net = net_cls(config)
-    load_strict(net, state, path, what, optional_prefixes)
+    try:
+        load_strict(net, state, path, what, optional_prefixes)
+    except InputError as err:
+        if obj.get("format") == FORMAT:
+            raise
+        raise InputError(f"{err} (a raw state dict carries no sizes; it was built as {config})") from None
     return net.eval(), config, meta

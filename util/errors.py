@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class InputError(ValueError):
     """A file, flag or value given by the user is unusable; the message names it and what was expected."""
@@ -11,10 +13,8 @@ class MissingFileError(InputError, FileNotFoundError):
     """A file or folder the user (or a config) points at does not exist."""
 
 
-def require_file(path, what: str) -> None:
+def require_file(path: str | Path, what: str) -> None:
     """Raise MissingFileError naming `what` when `path` is not an existing file."""
-    from pathlib import Path
-
     p = Path(path)
     if not p.is_file():
         hint = " (it is a folder)" if p.is_dir() else ""

@@ -56,7 +56,8 @@ def lle_weights(queries: torch.Tensor, neighbours: torch.Tensor, reg: float = 1e
     return w.to(queries.dtype)
 
 
-def project_to_manifold(features: torch.Tensor, database: FeatureDatabase, k: int = 10, blend: float = 1.0) -> torch.Tensor:
+def project_to_manifold(features: torch.Tensor, database: FeatureDatabase, k: int = 10,
+                        blend: float = 1.0) -> torch.Tensor:
     """(1 - blend) * f + blend * LLE reconstruction of f from its k nearest database frames.
 
     Args:

@@ -14,7 +14,15 @@ from scipy.ndimage import gaussian_filter1d
 
 from util.errors import InputError
 from util.landmarks import (
-    EYES, JAW, LIPS, LOWER_INNER_LIP, LOWER_OUTER_LIP, MOUTH, NUM_POINTS, UPPER_INNER_LIP, UPPER_OUTER_LIP,
+    EYES,
+    JAW,
+    LIPS,
+    LOWER_INNER_LIP,
+    LOWER_OUTER_LIP,
+    MOUTH,
+    NUM_POINTS,
+    UPPER_INNER_LIP,
+    UPPER_OUTER_LIP,
 )
 
 ROT_X_OFFSET = 180.0  # LSP §1.7 step 9: training stores rot_x wrapped to [0, 360) minus 180
@@ -100,7 +108,8 @@ def assemble_face(mouth: np.ndarray, base_pts3d: np.ndarray, tracked_pts3d: np.n
     return face
 
 
-def headpose(pose: np.ndarray, gains: list[float], sigmas: list[float], mean_trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def headpose(pose: np.ndarray, gains: list[float], sigmas: list[float],
+             mean_trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sampled (N, >=6) normalised poses -> rotation (N, 3) degrees and translation (N, 3) (LSP §1.7).
 
     Args:

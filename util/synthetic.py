@@ -16,7 +16,13 @@ import yaml
 from scipy.io import savemat
 
 from models.networks import (
-    APC, APCConfig, Audio2FeatureConfig, Audio2FeatureNet, Audio2HeadposeConfig, Audio2HeadposeNet, Feature2FaceG,
+    APC,
+    APCConfig,
+    Audio2FeatureConfig,
+    Audio2FeatureNet,
+    Audio2HeadposeConfig,
+    Audio2HeadposeNet,
+    Feature2FaceG,
     Feature2FaceGConfig,
 )
 from util.checkpoint import atomic_save, save_network
@@ -38,7 +44,8 @@ def synthetic_face(rng: np.random.Generator) -> np.ndarray:
     pts[65:73] = np.stack([np.r_[-0.5 + 0.15 * np.cos(eye[1::2]), 0.5 + 0.15 * np.cos(eye[1::2])],
                            np.r_[0.5 + 0.06 * np.sin(eye[1::2]), 0.5 + 0.06 * np.sin(eye[1::2])], np.full(8, 0.3)], 1)
     pts[35:46] = np.stack([np.r_[np.zeros(5), np.linspace(-0.2, 0.2, 6)],
-                           np.r_[np.linspace(0.5, 0.0, 5), np.full(6, -0.05)], np.r_[np.linspace(0.4, 0.7, 5), np.full(6, 0.45)]], 1)
+                           np.r_[np.linspace(0.5, 0.0, 5), np.full(6, -0.05)],
+                           np.r_[np.linspace(0.4, 0.7, 5), np.full(6, 0.45)]], 1)
     lip = np.linspace(0, 2 * np.pi, 12, endpoint=False)
     pts[46:58] = np.stack([-0.4 * np.cos(lip), -0.45 + 0.15 * np.sin(lip), np.full(12, 0.35)], 1)
     inner = np.linspace(np.pi / 4, 3 * np.pi / 4, 3)
@@ -69,7 +76,8 @@ def write_assets(root: Path, size: int, n_frames: int = 120, apc_frames: int = 6
     xs = np.linspace(0.15, 0.45, 9) * size
     line = np.stack([xs, 0.8 * size + 0.3 * (0.45 * size - xs)], 1)
     both = np.concatenate([line[::-1] * [1, 1], np.stack([size - line[:, 0], line[:, 1]], 1)])  # (18, 2)
-    shoulders = np.concatenate([(both - [size / 2, size / 2 - 0.1 * size]) * FACE_DEPTH / f, np.full((18, 1), FACE_DEPTH)], 1)
+    centre = [size / 2, size / 2 - 0.1 * size]
+    shoulders = np.concatenate([(both - centre) * FACE_DEPTH / f, np.full((18, 1), FACE_DEPTH)], 1)
     np.save(root / "shoulder_points3D.npy", np.repeat(shoulders[None], n_frames, 0).astype(np.float32))
     np.save(root / "normalized_shoulder_points.npy", np.repeat(both[None], n_frames, 0).astype(np.float32))
     np.savez(root / "change_paras.npz", scale=np.float64(1.0), xc=np.float64(size / 2), yc=np.float64(size / 2))
@@ -106,13 +114,14 @@ def make_identity(project_root: Path, identity: str, size: int = 64, g_size: str
             atomic_save({prefixes[name] + k: v for k, v in state.items()}, paths[name])
     else:
         paths = {name: ckpt / f"{name}.pth" for name in nets}
-        meta = {"fps": 60, "frame_future": 18}
+        lookahead = {"Audio2Feature": 18, "Audio2Headpose": 15}
         for name, net in nets.items():
-            save_network(paths[name], net, name, net.cfg, {**meta, "frame_future": 15} if name == "Audio2Headpose" else meta)
+            save_network(paths[name], net, name, net.cfg, {"fps": 60, "frame_future": lookahead.get(name, 0)})
     rel = {k: f"./{p.relative_to(project_root).as_posix()}" for k, p in paths.items()}
     cfg = {"model_params": {"APC": {"ckp_path": rel["APC"]}, "Audio2Mouth": {"ckp_path": rel["Audio2Feature"]},
                             "Headpose": {"ckp_path": rel["Audio2Headpose"]},
-                            "Image2Image": {"ckp_path": rel["Feature2Face"], "size": g_size}}}
+                            "Image2Image": {"ckp_path": rel["Feature2Face"], "size": g_size, "ngf": ngf,
+                                            "num_downs": num_downs}}}
     config_dir = project_root / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / f"{identity}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -6,7 +6,6 @@ output. Everything is written to a temporary name and renamed when ffmpeg succee
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -100,22 +99,20 @@ class VideoWriter:
 
 
 def probe(path: str | Path) -> dict:
-    """Streams of a media file as ffmpeg reports them: {'video': {...}, 'audio': {...}, 'frames': n}.
+    """What a media file holds, as the bundled ffmpeg reports it (imageio-ffmpeg ships no ffprobe).
 
-    Uses `ffmpeg -i` (imageio-ffmpeg ships no ffprobe) and counts frames by decoding.
+    Returns:
+        {"video": stream description or None, "audio": stream description or None, "frames": decoded count}.
     """
     exe = ffmpeg_exe()
-    proc = subprocess.run([exe, "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0", "-f", "null", "-",
-                           "-progress", "pipe:1"], capture_output=True, text=True, check=False)
-    frames = 0
-    for line in proc.stdout.splitlines():
-        if line.startswith("frame="):
-            frames = int(line.split("=")[1])
-    info = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True, check=False)
-    streams = {}
-    for line in info.stderr.splitlines():
+    proc = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0?", "-f", "null", "-"],
+                          capture_output=True, text=True, check=False)
+    info: dict = {"video": None, "audio": None, "frames": 0}
+    for line in proc.stderr.splitlines():
         line = line.strip()
         for kind in ("Video", "Audio"):
-            if line.startswith("Stream") and f": {kind}: " in line:
-                streams.setdefault(kind.lower(), {"description": line.split(f": {kind}: ", 1)[1]})
-    return {**streams, "frames": frames, "json": json.dumps(streams)}
+            if line.startswith("Stream") and f": {kind}: " in line and info[kind.lower()] is None:
+                info[kind.lower()] = line.split(f": {kind}: ", 1)[1]
+        if line.startswith("frame="):
+            info["frames"] = int(line.split("=")[1].split()[0])
+    return info

@@ -8,7 +8,15 @@ from models.networks.discriminator import MultiscaleDiscriminator, MultiscaleDis
 from models.networks.feature2face import FEATURE2FACE_GENERATORS, Feature2FaceG, Feature2FaceGConfig
 
 __all__ = [
-    "APC", "APCConfig", "Audio2FeatureConfig", "Audio2FeatureNet", "Audio2HeadposeConfig",
-    "Audio2HeadposeNet", "FEATURE2FACE_GENERATORS", "Feature2FaceG", "Feature2FaceGConfig",
-    "MultiscaleDiscriminator", "MultiscaleDiscriminatorConfig",
+    "APC",
+    "FEATURE2FACE_GENERATORS",
+    "APCConfig",
+    "Audio2FeatureConfig",
+    "Audio2FeatureNet",
+    "Audio2HeadposeConfig",
+    "Audio2HeadposeNet",
+    "Feature2FaceG",
+    "Feature2FaceGConfig",
+    "MultiscaleDiscriminator",
+    "MultiscaleDiscriminatorConfig",
 ]

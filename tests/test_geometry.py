@@ -1,0 +1,90 @@
+"""Pose conventions, projection, landmark post-processing and the feature map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.pipeline import load_pose_file
+from util import postprocess
+from util.errors import InputError
+from util.geometry import euler_to_matrix, matrix_to_euler, project_landmarks
+from util.landmarks import FACE_POLYLINES, LOWER_INNER_LIP, UPPER_INNER_LIP, feature_map
+from util.synthetic import synthetic_face
+
+
+def test_euler_round_trip_and_order():
+    rng = np.random.default_rng(0)
+    angles = rng.uniform([-60, -60, -60], [60, 60, 60], (50, 3))
+    r = euler_to_matrix(angles)
+    np.testing.assert_allclose(r @ r.transpose(0, 2, 1), np.broadcast_to(np.eye(3), r.shape), atol=1e-12)
+    np.testing.assert_allclose(matrix_to_euler(r), angles, atol=1e-9)
+    rz = euler_to_matrix(np.array([0.0, 0.0, 90.0]))
+    np.testing.assert_allclose(rz @ [1, 0, 0], [0, 1, 0], atol=1e-12)  # R = Rz Ry Rx: roll about z
+
+
+def test_projection_pinhole():
+    k = np.array([[100.0, 0, 50], [0, 100, 50], [0, 0, 1]])
+    pts = np.array([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]])
+    uv = project_landmarks(pts, np.array([[180.0, 0, 0]]), np.array([[0.0, 0, 10]]), 2.0, k)
+    # rot_x 180 turns the face's y-up into the image's y-down; scale 2 doubles offsets.
+    np.testing.assert_allclose(uv[0], [[50, 50], [70, 50], [50, 30]], atol=1e-9)
+
+
+def test_lip_intersection_fix_per_frame():
+    face = synthetic_face(np.random.default_rng(0))
+    pts = np.repeat(face[None], 3, 0)
+    pts[1, LOWER_INNER_LIP, 1] = pts[1, UPPER_INNER_LIP, 1] + 0.04  # frame 1: lips cross by 0.04
+    out = postprocess.fix_lip_intersection(pts)
+    np.testing.assert_array_equal(out[[0, 2]], pts[[0, 2]])  # untouched frames
+    np.testing.assert_allclose(out[1, UPPER_INNER_LIP, 1], out[1, LOWER_INNER_LIP, 1])
+    np.testing.assert_allclose(out[1, 47:52, 1] - pts[1, 47:52, 1], 0.02)  # raised by the half gap
+
+
+def test_mouth_postprocess_amplifies_lips_only():
+    mean = synthetic_face(np.random.default_rng(0))
+    disp = np.zeros((5, 75))
+    disp[:, 3 * 7 + 1] = -0.01  # first lip point (46), y
+    disp[:, 1] = 0.02  # first jaw point (4), y
+    out = postprocess.mouth_landmarks(disp, mean, 0.0, ["XYZ", 2, 3, 4])
+    np.testing.assert_allclose(out[:, 46, 1] - mean[46, 1], -0.03)
+    np.testing.assert_allclose(out[:, 4, 1] - mean[4, 1], 0.02)
+    with pytest.raises(InputError, match="AMP"):
+        postprocess.mouth_landmarks(disp, mean, 0.0, ["LowerMore", 1])
+
+
+def test_headpose_postprocess():
+    pose = np.zeros((30, 12))
+    pose[:, 0] = 2.0
+    pose[:, 3] = 1.0
+    rot, trans = postprocess.headpose(pose, [1.0, 0.5], [2, 3], np.array([0.0, 0.0, 10.0]))
+    np.testing.assert_allclose(rot[:, 0], 182.0)
+    np.testing.assert_allclose(trans, np.tile([0.5, 0, 10], (30, 1)))
+
+
+def test_feature_map_draws_face_and_survives_bad_points():
+    face = synthetic_face(np.random.default_rng(0))
+    uv = face[:, :2] * [40, -40] + 64
+    img = feature_map(uv, None, 128)
+    assert img.dtype == np.uint8 and set(np.unique(img)) == {0, 255}
+    for seq in FACE_POLYLINES:  # every drawn point lies on a line
+        for i in seq:
+            x, y = int(uv[i, 0]), int(uv[i, 1])
+            assert img[y - 1 : y + 2, x - 1 : x + 2].max() == 255
+    bad = uv.copy()
+    bad[3] = [np.nan, np.inf]
+    feature_map(bad, np.full((18, 2), 1e12), 128)
+
+
+def test_pose_file_formats(tmp_path):
+    poses = np.arange(24, dtype=float).reshape(4, 6)
+    np.save(tmp_path / "p.npy", poses)
+    np.savetxt(tmp_path / "p.csv", poses, delimiter=",")
+    np.savez(tmp_path / "fit.npz", rot_angles=poses[:, :3], trans=poses[:, 3:, None])
+    for name in ("p.npy", "p.csv", "fit.npz"):
+        rot, trans = load_pose_file(tmp_path / name, 9)
+        assert rot.shape == (9, 3) and trans.shape == (9, 3)
+        np.testing.assert_array_equal(rot[:, 0], [0, 6, 12, 18, 12, 6, 0, 6, 12])  # ping-pong loop
+    (tmp_path / "bad.txt").write_text("1 2 3\n")
+    with pytest.raises(InputError, match="N x 6"):
+        load_pose_file(tmp_path / "bad.txt", 5)
