@@ -205,9 +205,17 @@ class PortraitPipeline:
         netg, _, _ = load_network(resolve(cfg, mp["Image2Image"]["ckp_path"]), "Feature2Face", Feature2FaceG,
                                   Feature2FaceGConfig, g_default, "Feature2Face checkpoint",
                                   strip=("module.", "netG."))
+        return cls.build(cfg, assets, apc, a2f, a2h, netg, device, a2f_meta, a2h_meta)
+
+    @classmethod
+    def build(cls, cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet, a2h: Audio2HeadposeNet,
+              netg: Feature2FaceG, device: torch.device, a2f_meta: dict | None = None,
+              a2h_meta: dict | None = None) -> PortraitPipeline:
+        """Chain loaded networks; the metas (fps, lookahead) override the config's defaults."""
+        mp, a2f_meta, a2h_meta = cfg["model_params"], a2f_meta or {}, a2h_meta or {}
         fps = float(a2f_meta.get("fps", cfg.get("fps", 60)))
         database = None
-        if use_lle:
+        if assets.apc_base is not None:
             if assets.apc_base.shape[1] != apc.cfg.hidden_size:
                 raise InputError(f"APC feature database {assets.root / 'APC_feature_base.npy'}: features are "
                                  f"{assets.apc_base.shape[1]}-d but the APC encoder gives {apc.cfg.hidden_size}-d")

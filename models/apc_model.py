@@ -1,0 +1,64 @@
+"""APC pre-training: predict the log-mel frame `time_shift` steps ahead from the GRU outputs (L1).
+
+Autoregressive predictive coding (Chung et al., Interspeech 2019); LSP §4.2.3 gives the upstream
+recipe: 3 x GRU 512, L1, Adam 1e-4, batch 32, gradient clipping 1.0. The encoder is shared by every
+identity: `<checkpoints_dir>/<name>/latest_net_APC.pth` is what config `APC.ckp_path` points at.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from models.base_model import BaseModel
+from models.networks import APC, APCConfig
+from options.common import positive_int
+
+
+class APCModel(BaseModel):
+    default_dataset_mode = "audio"
+
+    @staticmethod
+    def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
+        parser.add_argument("--apc_hidden_size", type=positive_int, default=512, help="GRU width")
+        parser.add_argument("--apc_layers", type=positive_int, default=3, help="stacked GRU layers")
+        parser.add_argument("--apc_residual", action="store_true", help="residual connections between GRU layers")
+        parser.add_argument("--apc_dropout", type=float, default=0.0, help="dropout between GRU layers")
+        parser.add_argument("--time_shift", type=positive_int, default=3,
+                            help="predict the mel frame this many steps (1/120 s each) ahead")
+        parser.add_argument("--segment_length", type=positive_int, default=480,
+                            help="mel frames per training segment (480 = 4 s)")
+        parser.set_defaults(batch_size=32, lr=1e-4, lr_policy="step", lr_decay_iters=1000, n_epochs=100,
+                            n_epochs_decay=0, grad_clip=1.0, beta1=0.9, beta2=0.999)
+        return parser
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        super().__init__(opt)
+        self.loss_names = ["L1"]
+        self.visual_names = ["mel", "pred"]
+        self.model_names = ["APC"]
+        self.netAPC = APC(APCConfig(hidden_size=opt.apc_hidden_size, num_layers=opt.apc_layers,
+                                    residual=opt.apc_residual, dropout=opt.apc_dropout)).to(self.device)
+        if self.is_train:
+            self.optimizers = [torch.optim.Adam(self.netAPC.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2))]
+
+    def network_meta(self) -> dict:
+        return {"time_shift": self.opt.time_shift}
+
+    def set_input(self, batch: dict) -> None:
+        self.mel = batch["mel"].to(self.device)  # (B, T, 80)
+        self.lengths = batch.get("length")
+
+    def forward(self) -> None:
+        feats, _ = self.netAPC(self.mel)
+        self.pred = self.netAPC.predict(feats)  # (B, T, 80): the frame time_shift steps ahead
+
+    def compute_loss(self) -> torch.Tensor:
+        n = self.opt.time_shift
+        self.loss_L1 = F.l1_loss(self.pred[:, :-n].float(), self.mel[:, n:])
+        return self.loss_L1
+
+    def optimize_parameters(self) -> None:
+        self.step_single_optimizer()

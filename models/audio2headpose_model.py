@@ -1,0 +1,89 @@
+"""Audio2Headpose training: teacher-forced WaveNet, Gaussian NLL on the next pose (LSP §4.1).
+
+A window holds receptive_field + T - 1 frames of audio condition and pose history; the last T
+outputs predict the T target poses. Output j sees history up to pose t-1 and audio up to frame
+t + frame_future, exactly as at inference (the release trained with t + 14 and sampled with t + 15).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from models.base_model import BaseModel
+from models.losses import gmm_nll
+from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
+from options.common import positive_int
+
+
+class Audio2HeadposeModel(BaseModel):
+    default_dataset_mode = "audiovisual"
+
+    @staticmethod
+    def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
+        parser.add_argument("--apc_hidden_size", type=positive_int, default=512, help="APC feature size")
+        parser.add_argument("--a2h_wavenet_residual_layers", type=positive_int, default=7, help="layers per block")
+        parser.add_argument("--a2h_wavenet_residual_blocks", type=positive_int, default=2, help="dilation cycles")
+        parser.add_argument("--a2h_wavenet_residual_channels", type=positive_int, default=128, help="residual width")
+        parser.add_argument("--a2h_wavenet_dilation_channels", type=positive_int, default=128, help="gate width")
+        parser.add_argument("--a2h_wavenet_skip_channels", type=positive_int, default=256, help="skip width")
+        parser.add_argument("--a2h_wavenet_kernel_size", type=positive_int, default=2, help="dilated conv taps")
+        parser.add_argument("--a2h_wavenet_cond_channels", type=positive_int, default=512, help="audio condition width")
+        parser.add_argument("--a2h_gmm_ncenter", type=positive_int, default=1, help="Gaussian mixture components")
+        parser.add_argument("--a2h_gmm_sigma_min", type=float, default=0.03, help="sigma floor in the training NLL")
+        parser.add_argument("--frame_future", type=int, default=15, help="pose audio lookahead in frames")
+        parser.add_argument("--time_frame_length", type=positive_int, default=240, help="target frames per window")
+        parser.add_argument("--frame_jump_stride", type=positive_int, default=1, help="frames between window starts")
+        parser.add_argument("--smooth_loss", type=float, default=0.0,
+                            help="weight of a second-difference smoothness term on the predicted means")
+        parser.set_defaults(batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step", lr_decay_iters=250,
+                            lr_gamma=0.2, n_epochs=500, n_epochs_decay=0, val_freq=10)
+        return parser
+
+    def __init__(self, opt: argparse.Namespace) -> None:
+        super().__init__(opt)
+        self.loss_names = ["GMM"] + (["smooth"] if opt.smooth_loss > 0 else [])
+        self.visual_names = ["mean_pred", "target"]
+        self.model_names = ["Audio2Headpose"]
+        self.cfg = Audio2HeadposeConfig(
+            apc_dim=opt.apc_hidden_size, cond_channels=opt.a2h_wavenet_cond_channels,
+            residual_layers=opt.a2h_wavenet_residual_layers, residual_blocks=opt.a2h_wavenet_residual_blocks,
+            residual_channels=opt.a2h_wavenet_residual_channels, dilation_channels=opt.a2h_wavenet_dilation_channels,
+            skip_channels=opt.a2h_wavenet_skip_channels, kernel_size=opt.a2h_wavenet_kernel_size,
+            ncenter=opt.a2h_gmm_ncenter)
+        self.netAudio2Headpose = Audio2HeadposeNet(self.cfg).to(self.device)
+        if self.is_train:
+            self.optimizers = [torch.optim.Adam(self.netAudio2Headpose.parameters(), lr=opt.lr,
+                                                betas=(opt.beta1, opt.beta2))]
+
+    @property
+    def receptive_field(self) -> int:
+        return self.cfg.wavenet().receptive_field
+
+    def network_meta(self) -> dict:
+        return {"frame_future": self.opt.frame_future, "fps": getattr(self.opt, "fps", 60)}
+
+    def set_input(self, batch: dict) -> None:
+        self.audio_feats = batch["audio_feats"].to(self.device)  # (B, 2L, 512), L = rf + T - 1
+        self.history = batch["history"].to(self.device)  # (B, L, 12): pose t-1 at the step predicting t
+        self.target = batch["target"].to(self.device)  # (B, T, 12)
+
+    def forward(self) -> None:
+        t = self.target.shape[1]
+        self.out = self.netAudio2Headpose(self.audio_feats, self.history)[:, -t:]  # (B, T, C)
+        nc = self.cfg.ncenter
+        self.mean_pred = self.out[..., nc : nc * (1 + self.cfg.ndim)].reshape(*self.out.shape[:2], nc, -1)[:, :, 0]
+
+    def compute_loss(self) -> torch.Tensor:
+        self.loss_GMM = gmm_nll(self.out.float(), self.target, self.cfg.ncenter, self.cfg.ndim,
+                                self.opt.a2h_gmm_sigma_min)
+        if self.opt.smooth_loss <= 0:
+            return self.loss_GMM
+        # second difference of (target t, target t+1, predicted mean t+2), as the release defined it
+        mu, x = self.mean_pred, self.target
+        self.loss_smooth = (mu[:, 2:] + x[:, :-2] - 2 * x[:, 1:-1]).mean(-1).abs().mean() * self.opt.smooth_loss
+        return self.loss_GMM + self.loss_smooth
+
+    def optimize_parameters(self) -> None:
+        self.step_single_optimizer()

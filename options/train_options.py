@@ -1,0 +1,63 @@
+"""TrainOptions: pix2pix's training flags (display, saving, schedule) plus resume, validation and AMP."""
+
+from __future__ import annotations
+
+import argparse
+
+from options.base_options import BaseOptions
+from options.common import non_negative_float, positive_int
+
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+
+
+class TrainOptions(BaseOptions):
+    """`python train.py --model audio2feature --dataroot data/<id> --name <run>`."""
+
+    is_train = True
+    phase = "train"
+
+    def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser = super().initialize(parser)
+        # visualisation and logging
+        parser.add_argument("--display_freq", type=positive_int, default=400,
+                            help="iterations between saving visuals to TensorBoard and the HTML page")
+        parser.add_argument("--display_id", type=int, default=0,
+                            help="visdom window id; 0 disables visdom (its server needs internet for its assets)")
+        parser.add_argument("--display_server", type=str, default="http://localhost", help="visdom server")
+        parser.add_argument("--display_env", type=str, default="main", help="visdom environment")
+        parser.add_argument("--display_port", type=int, default=8097, help="visdom port")
+        parser.add_argument("--update_html_freq", type=positive_int, default=1000,
+                            help="iterations between HTML page updates")
+        parser.add_argument("--print_freq", type=positive_int, default=100,
+                            help="iterations between printing losses to the console and loss_log.txt")
+        parser.add_argument("--no_html", action="store_true", help="do not write the HTML page of visuals")
+        parser.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
+        # saving and resuming
+        parser.add_argument("--save_latest_freq", type=positive_int, default=5000,
+                            help="iterations between saving the latest checkpoint")
+        parser.add_argument("--save_epoch_freq", type=positive_int, default=5,
+                            help="epochs between keeping an epoch checkpoint")
+        parser.add_argument("--save_by_iter", action="store_true", help="also keep a checkpoint named by iteration")
+        parser.add_argument("--continue_train", action="store_true",
+                            help="resume from the --epoch checkpoint: weights, optimizers, schedulers, counters, RNG")
+        parser.add_argument("--epoch_count", type=positive_int, default=1,
+                            help="first epoch number of a fresh run (a resumed run takes it from the checkpoint)")
+        # schedule and optimisation
+        parser.add_argument("--n_epochs", type=positive_int, default=100, help="epochs at the initial learning rate")
+        parser.add_argument("--n_epochs_decay", type=int, default=100, help="epochs to decay the learning rate over")
+        parser.add_argument("--lr", type=non_negative_float, default=1e-4, help="initial learning rate for Adam")
+        parser.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
+        parser.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+        parser.add_argument("--lr_policy", type=str, default="linear", choices=LR_POLICIES,
+                            help="learning rate schedule")
+        parser.add_argument("--lr_decay_iters", type=positive_int, default=50,
+                            help="step policy: multiply by --lr_gamma every lr_decay_iters epochs")
+        parser.add_argument("--lr_gamma", type=float, default=0.1, help="step policy: decay factor")
+        parser.add_argument("--grad_clip", type=non_negative_float, default=0.0, help="clip gradient norm; 0 = off")
+        parser.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (CUDA only)")
+        # validation
+        parser.add_argument("--val_freq", type=positive_int, default=5,
+                            help="epochs between validations on the held-out split (best checkpoint kept)")
+        parser.add_argument("--debug", action="store_true",
+                            help="one epoch on 10 samples, printing and displaying every iteration")
+        return parser

@@ -1,0 +1,199 @@
+"""Speed of the inference pipeline, stage by stage: ms/frame and frames/s.
+
+    python scripts/benchmark.py                                  # random weights, normal G at 512^2
+    python scripts/benchmark.py --id May --json bench.json       # a real identity
+    python scripts/benchmark.py --g_size large --image_size 512 --device cuda
+
+Also times, in the same run, the original algorithm's costly choices (a Python loop of one STFT per
+mel frame; the full 255-frame WaveNet recomputed for every pose) as `reference_*`. Medians of
+--repeats runs after one warm-up. JSON: {"stages": {name: {"ms_per_frame": x}}, "audio_side_fps",
+"render_fps", "reference_audio_side_fps", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+AUDIO_SIDE = ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "projection")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--id", type=str, default=None, help="benchmark this identity (default: random weights)")
+    p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files")
+    p.add_argument("--g_size", type=str, default="normal", choices=("large", "normal", "small"),
+                   help="random weights: generator variant")
+    p.add_argument("--image_size", type=int, default=512, help="random weights: crop side")
+    p.add_argument("--ngf", type=int, default=64, help="random weights: generator width")
+    p.add_argument("--num_downs", type=int, default=8, help="random weights: U-Net levels")
+    p.add_argument("--database_frames", type=int, default=36000,
+                   help="random weights: APC feature database rows (36000 = 5 min of speech at 120 Hz)")
+    p.add_argument("--audio", type=Path, default=None, help="driving audio (default: the bundled clip, looped)")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio length to process")
+    p.add_argument("--render_frames", type=int, default=8, help="frames to time the renderer on")
+    p.add_argument("--batch_size", type=int, default=1, help="frames per renderer call")
+    p.add_argument("--reference_frames", type=int, default=120,
+                   help="frames to time the original full-recompute head-pose generation on")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median reported)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    p.add_argument("--device", type=str, default="cpu", help="cpu or cuda")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    """Median wall seconds of `fn` over `repeats` runs after one warm-up."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_pipeline(args: argparse.Namespace, workdir: Path):  # noqa: ANN201
+    """A pipeline with random weights at the requested sizes over a synthetic identity."""
+    import numpy as np
+    import torch
+
+    from models.networks import (
+        APC,
+        Audio2FeatureNet,
+        Audio2HeadposeNet,
+        Feature2FaceG,
+        Feature2FaceGConfig,
+    )
+    from models.pipeline import PortraitPipeline, resolve_device
+    from util.identity import CONFIG_DIR, IdentityAssets, read_yaml, resolve
+    from util.synthetic import write_assets
+
+    torch.manual_seed(0)
+    write_assets(workdir / "data" / "bench", args.image_size, n_frames=300, apc_frames=args.database_frames)
+    base = np.random.default_rng(0).normal(0, 0.1, (args.database_frames, 512)).astype(np.float32)
+    np.save(workdir / "data" / "bench" / "APC_feature_base.npy", base)
+    cfg = read_yaml(CONFIG_DIR / "default.yaml")
+    cfg["_root"], cfg["_path"] = str(workdir), "(random weights)"
+    cfg["dataset_params"] = {k: v.replace("{id}", "bench") for k, v in cfg["dataset_params"].items()}
+    assets = IdentityAssets.load(cfg)
+    assert resolve(cfg, cfg["dataset_params"]["root"]).is_dir()
+    netg = Feature2FaceG(Feature2FaceGConfig(size=args.g_size, ngf=args.ngf, num_downs=args.num_downs))
+    nets = [m.eval() for m in (APC(), Audio2FeatureNet(), Audio2HeadposeNet(), netg)]
+    return PortraitPipeline.build(cfg, assets, *nets, resolve_device(args.device))
+
+
+def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
+    """Time every stage on the same audio; returns the JSON-ready results."""
+    import numpy as np
+    import torch
+
+    from models.networks.audio2headpose import generate_headpose_full
+    from util import postprocess
+    from util.audio import MEL_PER_VIDEO_FRAME, load_audio, log_mel_framewise
+    from util.geometry import project, project_landmarks, shoulder_points
+    from util.manifold import project_to_manifold
+
+    audio_path = args.audio or Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech_3s.wav"
+    clip = load_audio(audio_path, pipe.sample_rate)
+    audio = np.resize(clip, int(args.seconds * pipe.sample_rate))
+    n = pipe.check_audio(audio, str(audio_path))
+    enc, dev = pipe.encoder, pipe.encoder.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    mel = enc.mel(audio)
+    mel_t = torch.from_numpy(mel).to(dev)[None]
+    with torch.no_grad():
+        raw = enc.apc(mel_t)[0][0].cpu()
+    apc = project_to_manifold(raw, enc.database, enc.knear, enc.blend) if enc.database is not None else raw
+    gen = torch.Generator().manual_seed(0)
+    face3d = pipe.mouth(apc, n)
+    rot, trans, _ = pipe.headpose(apc, n, 0.3, gen)
+    a = pipe.assets
+    timings: dict[str, tuple[float, int]] = {}
+
+    def stage(name: str, fn: Callable[[], object], frames: int) -> None:
+        timings[name] = (median_time(fn, args.repeats, sync), frames)
+
+    stage("mel", lambda: enc.mel(audio), n)
+    stage("apc", lambda: torch.no_grad()(enc.apc)(mel_t), n)
+    if enc.database is not None:
+        stage("manifold", lambda: project_to_manifold(raw, enc.database, enc.knear, enc.blend), n)
+    stage("audio2feature", lambda: pipe.mouth(apc, n), n)
+    stage("audio2headpose", lambda: pipe.headpose(apc, n, 0.3, torch.Generator().manual_seed(0)), n)
+    stage("projection", lambda: (project_landmarks(face3d, rot, trans, a.scale, a.intrinsic),
+                                 project(shoulder_points(a.shoulders3d, a.ref_trans, trans, 0.5), a.intrinsic)), n)
+    m = min(args.reference_frames, n)
+    ff = pipe.headpose.frame_future
+    pairs = apc[: MEL_PER_VIDEO_FRAME * (m + ff)].reshape(m + ff, -1).to(dev)
+    noise, uni = torch.randn(m, pipe.headpose.net.cfg.ndim), torch.rand(m)
+
+    def reference_pose() -> None:
+        poses = generate_headpose_full(pipe.headpose.net, pairs, m, ff, noise, uni, 0.3).double().numpy()
+        postprocess.headpose(poses, pipe.headpose.gains, pipe.headpose.sigmas, a.mean_trans)
+
+    stage("reference_mel", lambda: log_mel_framewise(audio, enc.mel.cfg), n)
+    stage("reference_audio2headpose", reference_pose, m)
+    r = min(args.render_frames, n)
+    face2d = project_landmarks(face3d[:r], rot[:r], trans[:r], a.scale, a.intrinsic)
+    sh2d = project(shoulder_points(a.shoulders3d, a.ref_trans, trans[:r], 0.5), a.intrinsic)
+    maps = pipe.renderer.feature_maps(face2d, sh2d)
+    stage("feature_map", lambda: pipe.renderer.feature_maps(face2d, sh2d), r)
+    stage("render", lambda: [pipe.renderer(maps[i : i + args.batch_size]) for i in range(0, r, args.batch_size)], r)
+
+    ms = {k: 1000 * t / f for k, (t, f) in timings.items()}
+    ours = sum(ms[k] for k in AUDIO_SIDE if k in ms)
+    reference = ours - ms["mel"] - ms["audio2headpose"] + ms["reference_mel"] + ms["reference_audio2headpose"]
+    return {
+        "stages": {k: {"ms_per_frame": round(v, 4), "frames": timings[k][1]} for k, v in ms.items()},
+        "audio_side_fps": round(1000 / ours, 1),
+        "reference_audio_side_fps": round(1000 / reference, 1),
+        "audio_side_speedup": round(reference / ours, 2),
+        "render_fps": round(1000 / (ms["feature_map"] + ms["render"]), 3),
+        "setup": {"device": str(dev), "threads": torch.get_num_threads(), "seconds": args.seconds, "frames": n,
+                  "fps": pipe.fps, "image_size": list(a.image_size), "generator": pipe.renderer.net.cfg.size,
+                  "ngf": pipe.renderer.net.cfg.ngf, "database_frames": 0 if enc.database is None else
+                  int(enc.database.features.shape[0]), "batch_size": args.batch_size, "torch": torch.__version__},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from models.pipeline import PortraitPipeline
+    from util.errors import InputError
+
+    torch.set_num_threads(args.threads)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe = (PortraitPipeline.from_identity(args.id, args.device, args.config_dir) if args.id
+                    else random_pipeline(args, Path(tmp)))
+            result = run(args, pipe)
+    except InputError as err:
+        print(f"benchmark.py: error: {err}", file=sys.stderr)
+        return 2
+    for name, v in result["stages"].items():
+        print(f"{name:>26}: {v['ms_per_frame']:9.3f} ms/frame  ({1000 / v['ms_per_frame']:9.1f} fps, "
+              f"{v['frames']} frames)")
+    for key in ("audio_side_fps", "reference_audio_side_fps", "audio_side_speedup", "render_fps"):
+        print(f"{key:>26}: {result[key]}")
+    print(f"{'setup':>26}: {json.dumps(result['setup'])}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

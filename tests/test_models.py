@@ -1,0 +1,69 @@
+"""The BaseModel contract on every stage model: one optimisation step on tiny random data."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from models.base_model import BaseModel
+from options.train_options import TrainOptions
+from util import registry
+
+
+def make_opt(model: str, tmp_path, *extra: str) -> argparse.Namespace:
+    """Training options of `model` without a dataset: base flags + the model's own hook."""
+    parser = TrainOptions().initialize(argparse.ArgumentParser())
+    parser = registry.find("model", model).modify_commandline_options(parser, True)
+    opt = parser.parse_args(["--model", model, "--checkpoints_dir", str(tmp_path), "--name", "t", "--gpu_ids", "-1",
+                             *extra])
+    opt.is_train, opt.gpu_ids, opt.phase = True, [], "train"
+    return opt
+
+
+def tiny_batch(model: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    if model == "apc":
+        return {"mel": torch.rand(2, 40, 80, generator=g)}
+    if model == "audio2feature":
+        return {"audio_feats": torch.randn(2, 2 * 30, 512, generator=g), "target": torch.randn(2, 30, 75, generator=g)}
+    if model == "audio2headpose":
+        rf, t = 255, 8
+        return {"audio_feats": torch.randn(2, 2 * (rf + t - 1), 512, generator=g),
+                "history": torch.randn(2, rf + t - 1, 12, generator=g), "target": torch.randn(2, t, 12, generator=g)}
+    return {"feature_map": (torch.rand(1, 1, 64, 64, generator=g) > 0.9).float(),
+            "candidates": torch.rand(1, 12, 64, 64, generator=g) * 2 - 1,
+            "image": torch.rand(1, 3, 64, 64, generator=g) * 2 - 1}
+
+
+EXTRA = {"feature2face": ["--ngf", "8", "--num_downs", "5", "--ndf", "8", "--no_vgg"],
+         "audio2feature": ["--frame_future", "5"]}
+
+
+@pytest.mark.parametrize("name", registry.available("model"))
+def test_one_step_changes_weights_and_reports(name, tmp_path):
+    model = registry.find("model", name)(make_opt(name, tmp_path, *EXTRA.get(name, [])))
+    assert isinstance(model, BaseModel)
+    model.setup()
+    before = {k: v.clone() for net in model.networks().values() for k, v in net.state_dict().items()}
+    model.set_input(tiny_batch(name))
+    model.optimize_parameters()
+    losses = model.get_current_losses()
+    assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    after = {k: v for net in model.networks().values() for k, v in net.state_dict().items()}
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+    assert set(model.get_current_visuals()) == set(model.visual_names)
+    model.update_learning_rate()
+
+
+def test_setup_rejects_undeclared_network(tmp_path):
+    model = registry.find("model", "apc")(make_opt("apc", tmp_path))
+    model.model_names.append("Missing")
+    with pytest.raises(AttributeError, match="netMissing|Missing"):
+        model.setup()
+
+
+def test_unknown_model_lists_available():
+    with pytest.raises(ValueError, match="unknown --model 'nope'; available: apc, audio2feature"):
+        registry.find("model", "nope")
