@@ -23,6 +23,22 @@ UPPER_OUTER_LIP = [47, 48, 49, 50, 51]
 LOWER_OUTER_LIP = [57, 56, 55, 54, 53]
 OUTER_LIP_RING = list(range(46, 58))
 
+# MediaPipe Face Mesh vertex of each of the 73 LSP points (image-left = the person's right side).
+# Mesh vertices are fixed on the face, so the contour does not slide: the "fix_contour" layout.
+MEDIAPIPE_INDEX = [
+    234, 132, 58, 172, 136, 150, 176, 152, 400, 379, 365, 397, 288, 361, 454,  # 0-14 contour
+    70, 63, 105, 107, 65, 53,  # 15-20 right brow: outer, upper..., inner, lower...
+    336, 334, 293, 300, 283, 295,  # 21-26 left brow: inner, upper..., outer, lower...
+    33, 159, 133, 145,  # 27-30 right eye: outer corner, top, inner corner, bottom
+    362, 386, 263, 374,  # 31-34 left eye: inner corner, top, outer corner, bottom
+    168, 197, 5, 4, 98, 97, 2, 326, 327, 1, 6,  # 35-45 nose: bridge to tip, nostrils, extra
+    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,  # 46-57 outer lips from the right corner
+    178, 14, 402, 311, 13, 81,  # 58-63 inner lips: lower (58-60), upper (61-63)
+    164,  # 64 (never drawn)
+    160, 144, 153, 158, 387, 373, 380, 385,  # 65-72 eyelid points between corners and mid-points
+]
+assert len(MEDIAPIPE_INDEX) == NUM_POINTS
+
 # Polylines of the feature map (LSP §1.10), each drawn as connected segments.
 FACE_POLYLINES: list[list[int]] = [
     list(range(0, 15)),  # contour

@@ -116,3 +116,40 @@ def probe(path: str | Path) -> dict:
         if line.startswith("frame="):
             info["frames"] = int(line.split("=")[1].split()[0])
     return info
+
+
+class VideoReader:
+    """Frames of a video file as RGB arrays, in order; rotation metadata is applied by OpenCV."""
+
+    def __init__(self, path: str | Path) -> None:
+        import cv2
+
+        from util.errors import InputError, require_file
+
+        self.path = Path(path)
+        require_file(self.path, "video")
+        self._cap = cv2.VideoCapture(str(self.path))
+        ok, first = self._cap.read() if self._cap.isOpened() else (False, None)
+        if not ok:
+            self._cap.release()
+            raise InputError(f"video {self.path}: cannot be decoded (not a video OpenCV/FFmpeg can read)")
+        self._first = first
+        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS)) or 0.0
+        if not 1.0 <= self.fps <= 240.0:
+            raise InputError(f"video {self.path}: implausible frame rate {self.fps}")
+        self.num_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))  # an estimate for some containers
+        self.height, self.width = first.shape[:2]
+
+    def __iter__(self):  # noqa: ANN204 - a generator of (H, W, 3) uint8 RGB frames
+        import cv2
+
+        frame = self._first
+        while frame is not None:
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            ok, frame = self._cap.read()
+            if not ok:
+                frame = None
+        self._cap.release()
+
+    def close(self) -> None:
+        self._cap.release()
