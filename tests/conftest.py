@@ -42,3 +42,25 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def landmarker() -> Path:
+    """MediaPipe's face_landmarker.task, fetched (and checked) on first use; skip when impossible."""
+    from util.errors import MissingFileError
+    from util.face_tracker import ensure_landmarker
+
+    try:
+        return ensure_landmarker()
+    except MissingFileError as err:
+        pytest.skip(str(err))

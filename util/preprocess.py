@@ -23,7 +23,7 @@ from tqdm import tqdm
 from util import tracks as T
 from util.audio import SAMPLE_RATE, load_audio
 from util.crop import CropParams, stable_crop
-from util.errors import InputError
+from util.errors import InputError, require_file
 from util.face_tracker import FaceTracker, ensure_landmarker
 from util.geometry import project_landmarks
 from util.identity import CONFIG_DIR, PROJECT_ROOT
@@ -284,15 +284,22 @@ def reprojection_error(s: Settings, clips: list[Clip]) -> dict:
 
 def run(s: Settings) -> dict:
     """Run every step (or `s.only`); returns the meta dict written to data/<id>/meta.json."""
+    for v, a in zip(s.videos, s.audios):
+        require_file(v, "video")
+        if a is not None:
+            require_file(a, "--audio file")
     meta = check_target(s)
     if s.only == "apc_features":
-        if meta is None:
+        if meta is None or meta.get("status") != "done":
             raise InputError(f"--only apc_features: {s.root} has no finished preprocessing to add features to")
         from util.identity_files import write_apc_features
 
         write_apc_features(s.root, s.apc_ckpt, s.config_dir, s.identity, meta)
         return meta
     s.root.mkdir(parents=True, exist_ok=True)
+    if meta is None:  # claim the folder at once, so an interrupted run can be resumed
+        started = {"status": "in progress", "sources": [{"path": str(v), "key": _source_key(v)} for v in s.videos]}
+        (s.root / "meta.json").write_text(json.dumps(started, indent=2) + "\n")
     model = ensure_landmarker(s.landmarker)
     tracked = [track_video(s, i, model) for i in range(len(s.videos))]
     clips = plan_clips(s, tracked)
@@ -330,7 +337,7 @@ def _meta(s: Settings, tracked: list[dict], clips: list[Clip], crops: dict, repr
                         "multi_face_frames": int(d["multi_face_frames"]),
                         "audio": str(s.audios[i] or v), "audio_seconds": len(d["audio"]) / SAMPLE_RATE,
                         "crop": asdict(crops[i]) if i in crops else None})
-    return {"identity": s.identity, "model_fps": s.fps, "crop_size": s.size, "sources": sources,
+    return {"status": "done", "identity": s.identity, "model_fps": s.fps, "crop_size": s.size, "sources": sources,
             "clips": [{"name": c.name, "source": c.video, "start": c.start, "end": c.end, "split": c.split,
                        "frames": c.length, "interpolated_frames": c.interpolated} for c in clips],
             "candidates": chosen, "reprojection": reproj,

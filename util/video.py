@@ -140,7 +140,7 @@ class VideoReader:
         self.num_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))  # an estimate for some containers
         self.height, self.width = first.shape[:2]
 
-    def __iter__(self):  # noqa: ANN204 - a generator of (H, W, 3) uint8 RGB frames
+    def __iter__(self):
         import cv2
 
         frame = self._first
