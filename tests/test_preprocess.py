@@ -18,7 +18,8 @@ SMALL = ["--size", "128", "--min_total", "2", "--min_clip", "0.5", "--val_fracti
 
 
 def preprocess(tmp, *args: str) -> int:
-    return load_script("preprocess").main([*args, "--data_root", str(tmp / "data"), "--config_dir", str(tmp / "config")])
+    dirs = ["--data_root", str(tmp / "data"), "--config_dir", str(tmp / "config")]
+    return load_script("preprocess").main([*args, *dirs])
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ def test_apc_features_step_and_pipeline_loads(identity):
     root = identity / "data" / "ted"
     base = np.load(root / "APC_feature_base.npy")
     clip = np.load(root / "clips" / "clip_000" / "apc_features.npy")
-    assert base.shape == clip.shape and clip.shape[0] == 2 * int(len(load_audio(root / "clips/clip_000/audio.wav")) / 16000 * 60)
+    seconds = len(load_audio(root / "clips/clip_000/audio.wav")) / 16000
+    assert base.shape == clip.shape and clip.shape[0] == 2 * int(seconds * 60)
     cfg = load_config("ted", identity / "config")
     assert cfg["model_params"]["APC"]["ckp_path"].endswith("apc.pth")
     nets = [apc.eval(), Audio2FeatureNet().eval(), Audio2HeadposeNet().eval(),

@@ -76,7 +76,8 @@ def write_candidates(root: Path, train: list[str], chosen: list[int] | None) -> 
     out = []
     for j, i in enumerate(chosen):
         clip, k = frames[i]
-        shutil.copyfile(root / "clips" / clip / "frames" / f"{k:06d}.jpg", root / "candidates" / f"normalized_full_{j}.jpg")
+        shutil.copyfile(root / "clips" / clip / "frames" / f"{k:06d}.jpg",
+                        root / "candidates" / f"normalized_full_{j}.jpg")
         out.append({"index": int(i), "clip": clip, "frame": int(k)})
     return out
 
@@ -125,7 +126,8 @@ def set_config_value(config_dir: Path, identity: str, keys: tuple[str, ...], val
     if node.get(keys[-1]) == value:
         return
     node[keys[-1]] = value
-    header = "".join(line + "\n" for line in path.read_text().splitlines() if line.startswith("#")) if path.is_file() else ""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    header = "".join(line + "\n" for line in lines if line.startswith("#"))
     path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     log.info("%s: %s = %s", path, ".".join(keys), value)
 
