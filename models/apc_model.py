@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from models.base_model import BaseModel
 from models.networks import APC, APCConfig
 from options.common import positive_int
+from util.visualizer import spectrogram_image
 
 
 class APCModel(BaseModel):
@@ -37,12 +38,16 @@ class APCModel(BaseModel):
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
         self.loss_names = ["L1"]
-        self.visual_names = ["mel", "pred"]
+        self.visual_names = ["mel_real", "mel_pred"]
         self.model_names = ["APC"]
         self.netAPC = APC(APCConfig(hidden_size=opt.apc_hidden_size, num_layers=opt.apc_layers,
                                     residual=opt.apc_residual, dropout=opt.apc_dropout)).to(self.device)
         if self.is_train:
             self.optimizers = [torch.optim.Adam(self.netAPC.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2))]
+
+    def data_spec(self) -> int:
+        """Mel frames per training segment."""
+        return self.opt.segment_length
 
     def network_meta(self) -> dict:
         return {"time_shift": self.opt.time_shift}
@@ -53,7 +58,15 @@ class APCModel(BaseModel):
 
     def forward(self) -> None:
         feats, _ = self.netAPC(self.mel)
-        self.pred = self.netAPC.predict(feats)  # (B, T, 80): the frame time_shift steps ahead
+        self.pred = self.networks()["APC"].predict(feats)  # (B, T, 80): the frame time_shift steps ahead
+
+    def compute_visuals(self) -> None:
+        n = self.opt.time_shift
+        self.mel_real = spectrogram_image(self.mel[0, n:])
+        self.mel_pred = spectrogram_image(self.pred[0, :-n])
+
+    def current_metrics(self) -> dict[str, float]:
+        return {"L1": float(self.compute_loss())}
 
     def compute_loss(self) -> torch.Tensor:
         n = self.opt.time_shift

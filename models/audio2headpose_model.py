@@ -11,10 +11,12 @@ import argparse
 
 import torch
 
+from datasets.audiovisual_dataset import WindowSpec
 from models.base_model import BaseModel
 from models.losses import gmm_nll
 from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
 from options.common import positive_int
+from util.visualizer import curves_image
 
 
 class Audio2HeadposeModel(BaseModel):
@@ -34,17 +36,16 @@ class Audio2HeadposeModel(BaseModel):
         parser.add_argument("--a2h_gmm_sigma_min", type=float, default=0.03, help="sigma floor in the training NLL")
         parser.add_argument("--frame_future", type=int, default=15, help="pose audio lookahead in frames")
         parser.add_argument("--time_frame_length", type=positive_int, default=240, help="target frames per window")
-        parser.add_argument("--frame_jump_stride", type=positive_int, default=1, help="frames between window starts")
         parser.add_argument("--smooth_loss", type=float, default=0.0,
                             help="weight of a second-difference smoothness term on the predicted means")
-        parser.set_defaults(batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step", lr_decay_iters=250,
+        parser.set_defaults(frame_jump_stride=1, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step", lr_decay_iters=250,
                             lr_gamma=0.2, n_epochs=500, n_epochs_decay=0, val_freq=10)
         return parser
 
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
         self.loss_names = ["GMM"] + (["smooth"] if opt.smooth_loss > 0 else [])
-        self.visual_names = ["mean_pred", "target"]
+        self.visual_names = ["yaw", "pitch"]
         self.model_names = ["Audio2Headpose"]
         self.cfg = Audio2HeadposeConfig(
             apc_dim=opt.apc_hidden_size, cond_channels=opt.a2h_wavenet_cond_channels,
@@ -62,7 +63,11 @@ class Audio2HeadposeModel(BaseModel):
         return self.cfg.wavenet().receptive_field
 
     def network_meta(self) -> dict:
-        return {"frame_future": self.opt.frame_future, "fps": getattr(self.opt, "fps", 60)}
+        return {"frame_future": self.opt.frame_future, "fps": self.opt.fps}
+
+    def data_spec(self) -> WindowSpec:
+        return WindowSpec(length=self.opt.time_frame_length, history=self.receptive_field - 1,
+                          lookahead=self.opt.frame_future)
 
     def set_input(self, batch: dict) -> None:
         self.audio_feats = batch["audio_feats"].to(self.device)  # (B, 2L, 512), L = rf + T - 1
@@ -84,6 +89,18 @@ class Audio2HeadposeModel(BaseModel):
         mu, x = self.mean_pred, self.target
         self.loss_smooth = (mu[:, 2:] + x[:, :-2] - 2 * x[:, 1:-1]).mean(-1).abs().mean() * self.opt.smooth_loss
         return self.loss_GMM + self.loss_smooth
+
+    def compute_visuals(self) -> None:
+        for name, axis in (("yaw", 1), ("pitch", 0)):
+            series = {"predicted mean": self.mean_pred[0, :, axis].detach().cpu().numpy(),
+                      "tracked": self.target[0, :, axis].cpu().numpy()}
+            setattr(self, name, curves_image(series, f"{name} (degrees)"))
+
+    def current_metrics(self) -> dict[str, float]:
+        """Gaussian NLL of the held-out poses, and the mean's rotation error in degrees."""
+        self.compute_loss()
+        rot_err = (self.mean_pred[..., :3].float() - self.target[..., :3]).abs().mean()
+        return {"NLL": float(self.loss_GMM), "rot_l1_deg": float(rot_err)}
 
     def optimize_parameters(self) -> None:
         self.step_single_optimizer()

@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from util.checkpoint import atomic_save, load_file, load_strict, save_network
+from util.distributed import is_distributed, world_info
 from util.errors import InputError, MissingFileError
 
 log = logging.getLogger("lsp")
@@ -81,7 +82,9 @@ class BaseModel(ABC):
     def __init__(self, opt: argparse.Namespace) -> None:
         self.opt = opt
         self.is_train = opt.is_train
-        self.device = torch.device(f"cuda:{opt.gpu_ids[0]}") if opt.gpu_ids else torch.device("cpu")
+        local = world_info()[2]
+        self.device = torch.device(f"cuda:{opt.gpu_ids[local % len(opt.gpu_ids)]}") if opt.gpu_ids else torch.device("cpu")
+        self.distributed = is_distributed()
         self.save_dir = Path(opt.checkpoints_dir) / opt.name
         self.loss_names: list[str] = []
         self.model_names: list[str] = []
@@ -109,6 +112,10 @@ class BaseModel(ABC):
     def optimize_parameters(self) -> None:
         """One training step: forward, losses, backward, optimizer steps."""
 
+    def data_spec(self) -> Any:
+        """What the dataset must cut for this model (e.g. window lengths); None when nothing."""
+        return None
+
     def network_meta(self) -> dict:
         """Facts saved with every network file (e.g. fps, lookahead) so inference needs no options."""
         return {}
@@ -129,6 +136,11 @@ class BaseModel(ABC):
             raise AttributeError(f"{type(self).__name__} lists model_names {missing} without net<Name> modules")
         if self.is_train:
             self.schedulers = [get_scheduler(o, self.opt) for o in self.optimizers]
+            if self.distributed:  # one replica per process; gradients are averaged in backward
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                for name in self.model_names:
+                    net = getattr(self, "net" + name)
+                    setattr(self, "net" + name, nn.parallel.DistributedDataParallel(net, device_ids=ids))
         self.print_networks(getattr(self.opt, "verbose", False))
 
     def print_networks(self, verbose: bool) -> None:
@@ -153,6 +165,26 @@ class BaseModel(ABC):
 
     def compute_visuals(self) -> None:
         """Extra visuals for display; the base computes none."""
+
+    def current_metrics(self) -> dict[str, float]:
+        """Validation metrics of the current test() pass; the first is the one `best` is kept by."""
+        return {k: float(v) for k, v in self.get_current_losses().items()}
+
+    best_metric_mode = "min"  # whether a lower or higher first metric is better
+
+    def validate(self, loader: torch.utils.data.DataLoader) -> dict[str, float]:
+        """Mean of current_metrics() over a loader, in eval mode; back to train mode after."""
+        self.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in loader:
+            self.set_input(batch)
+            self.test()
+            for k, v in self.current_metrics().items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        self.train()
+        return {k: v / max(n, 1) for k, v in sums.items()}
 
     # ------------------------------------------------------------------ reporting
     def get_current_losses(self) -> dict[str, float]:

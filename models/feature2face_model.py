@@ -97,11 +97,12 @@ class Feature2FaceModel(BaseModel):
 
     def backward_D(self) -> torch.Tensor:
         """LSGAN on real (-> 1) and detached fake (-> 0), averaged (the release doubled the real term)."""
+        pairs = torch.cat([torch.cat([self.input, self.fake.detach()], 1), torch.cat([self.input, self.real], 1)])
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            pred_fake = self.netD(torch.cat([self.input, self.fake.detach()], 1))
-            pred_real = self.netD(torch.cat([self.input, self.real], 1))
-        self.loss_D_fake = multiscale_gan_loss(_float(pred_fake), False)
-        self.loss_D_real = multiscale_gan_loss(_float(pred_real), True)
+            pred = _float(self.netD(pairs))  # fake and real in one pass: one forward per backward (DDP)
+        b = self.real.shape[0]
+        self.loss_D_fake = multiscale_gan_loss([[t[:b] for t in scale] for scale in pred], False)
+        self.loss_D_real = multiscale_gan_loss([[t[b:] for t in scale] for scale in pred], True)
         return 0.5 * (self.loss_D_fake + self.loss_D_real)
 
     def backward_G(self) -> torch.Tensor:
@@ -122,14 +123,23 @@ class Feature2FaceModel(BaseModel):
             loss = loss + self.loss_G_VGG
         return loss
 
+    def current_metrics(self) -> dict[str, float]:
+        """L1 and PSNR (dB) of the rendered frame against the real one, both in [0, 1]."""
+        fake, real = (self.fake.float() + 1) / 2, (self.real + 1) / 2
+        mse = F.mse_loss(fake, real).clamp(min=1e-10)
+        return {"L1": float(F.l1_loss(fake, real)), "PSNR": float(10 * torch.log10(1 / mse))}
+
     def optimize_parameters(self) -> None:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             self.forward()
         if self.use_d:
-            self.set_requires_grad(self.netD, True)
+            toggle = not self.distributed  # DDP keeps every parameter it was built with trainable
+            if toggle:
+                self.set_requires_grad(self.netD, True)
             self.optimizer_D.zero_grad(set_to_none=True)
             self.backward_step(self.backward_D(), self.optimizer_D)
-            self.set_requires_grad(self.netD, False)
+            if toggle:
+                self.set_requires_grad(self.netD, False)
         self.optimizer_G.zero_grad(set_to_none=True)
         self.backward_step(self.backward_G(), self.optimizer_G)
         self.scaler.update()

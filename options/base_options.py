@@ -15,6 +15,7 @@ import torch
 
 from options.common import format_options, log_non_defaults, positive_int, save_options
 from util import registry
+from util.distributed import world_info
 
 
 class BaseOptions:
@@ -45,22 +46,23 @@ class BaseOptions:
         parser.add_argument("--epoch", type=str, default="latest",
                             help="which checkpoint to load: latest, best, or an epoch number")
         parser.add_argument("--seed", type=int, default=0, help="seed of every random generator")
+        parser.add_argument("--fps", type=float, default=60.0,
+                            help="model rate of the audio stages: tracks and audio windows (preprocess.py --fps)")
         parser.add_argument("--verbose", action="store_true", help="print network architectures and more logging")
         parser.add_argument("--suffix", type=str, default="",
                             help="customized suffix: opt.name = opt.name + suffix, e.g. {model}_{batch_size}")
         parser.add_argument("--dry_run", action="store_true", help="print the resolved options and exit")
         return parser
 
-    def _add_class_options(self, parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
-        """Pass 1 + model and dataset hooks; returns the pass-1 namespace (for the chosen names)."""
+    def _add_class_options(self, parser: argparse.ArgumentParser, args: list[str]) -> None:
+        """Pass 1 picks the model and dataset; their hooks add flags, the dataset's first so that the
+        model's set_defaults can tune dataset flags (e.g. --frame_jump_stride)."""
         opt, _ = parser.parse_known_args(args)
         model_cls = registry.find("model", opt.model)
-        parser = model_cls.modify_commandline_options(parser, self.is_train)
-        opt, _ = parser.parse_known_args(args)
         dataset_mode = opt.dataset_mode or getattr(model_cls, "default_dataset_mode", None)
         if dataset_mode:
             registry.find("dataset", dataset_mode).modify_commandline_options(parser, self.is_train)
-        return opt
+        model_cls.modify_commandline_options(parser, self.is_train)
 
     def gather_options(self, args: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
         args = sys.argv[1:] if args is None else list(args)
@@ -75,7 +77,7 @@ class BaseOptions:
     def validate(self, opt: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
         """Derived fields, set once: is_train, phase, gpu_ids as a list, the dataset mode, the full name."""
         opt.is_train = self.is_train
-        opt.phase = getattr(opt, "phase", self.phase)
+        opt.phase = self.phase
         try:
             opt.gpu_ids = [int(g) for g in str(opt.gpu_ids).split(",") if g.strip() and int(g) >= 0]
         except ValueError:
@@ -91,12 +93,13 @@ class BaseOptions:
     def parse(self, args: list[str] | None = None, save: bool = True) -> argparse.Namespace:
         """Parse, validate, log the non-defaults and save <phase>_opt.txt and opt.json in the run folder."""
         opt, parser = self.gather_options(args)
+        if not opt.dry_run:
+            log_non_defaults(opt, parser)
         opt = self.validate(opt, parser)
         self.parser = parser
         if opt.dry_run:
             print(format_options(opt, parser))
             return opt
-        log_non_defaults(opt, parser)
-        if save:
+        if save and world_info()[0] == 0:
             save_options(opt, parser, Path(opt.checkpoints_dir) / opt.name, opt.phase)
         return opt

@@ -58,6 +58,9 @@ class TrainOptions(BaseOptions):
         # validation
         parser.add_argument("--val_freq", type=positive_int, default=5,
                             help="epochs between validations on the held-out split (best checkpoint kept)")
+        parser.add_argument("--max_iters", type=int, default=0,
+                            help="stop after this many iterations in all (0 = run every epoch); rerun with "
+                                 "--continue_train to go on")
         parser.add_argument("--debug", action="store_true",
                             help="one epoch on 10 samples, printing and displaying every iteration")
         return parser

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def tiny_batch(model: str) -> dict:
     if model == "apc":
         return {"mel": torch.rand(2, 40, 80, generator=g)}
     if model == "audio2feature":
-        return {"audio_feats": torch.randn(2, 2 * 30, 512, generator=g), "target": torch.randn(2, 30, 75, generator=g)}
+        return {"audio_feats": torch.randn(2, 2 * 30, 512, generator=g), "mouth": torch.randn(2, 30, 75, generator=g)}
     if model == "audio2headpose":
         rf, t = 255, 8
         return {"audio_feats": torch.randn(2, 2 * (rf + t - 1), 512, generator=g),
@@ -53,7 +54,10 @@ def test_one_step_changes_weights_and_reports(name, tmp_path):
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     after = {k: v for net in model.networks().values() for k, v in net.state_dict().items()}
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
-    assert set(model.get_current_visuals()) == set(model.visual_names)
+    model.compute_visuals()
+    visuals = model.get_current_visuals()
+    assert set(visuals) == set(model.visual_names) and all(v.ndim == 4 and v.shape[1] in (1, 3) for v in visuals.values())
+    assert set(model.current_metrics()) and all(np.isfinite(v) for v in model.current_metrics().values())
     model.update_learning_rate()
 
 

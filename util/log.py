@@ -11,11 +11,23 @@ _FORMAT = "%(asctime)s %(levelname).1s %(message)s"
 _warned: set[str] = set()
 
 
+class _TqdmHandler(logging.StreamHandler):
+    """Writes through tqdm so log lines and progress bars do not garble each other."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
 def get_logger(run_dir: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     """Return the project logger; when `run_dir` is given, also append to `<run_dir>/log.txt`."""
     logger = logging.getLogger(LOGGER_NAME)
     if not any(getattr(h, "_lsp_stream", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _TqdmHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         handler._lsp_stream = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

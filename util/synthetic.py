@@ -126,3 +126,55 @@ def make_identity(project_root: Path, identity: str, size: int = 64, g_size: str
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / f"{identity}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return config_dir
+
+
+def write_training_clips(root: Path, size: int = 64, seconds: tuple[float, ...] = (6.0, 3.0), fps: float = 60.0,
+                         src_fps: float = 25.0, seed: int = 0) -> None:
+    """Clips in the layout preprocess.py writes (first clip train, the others val), with a learnable link
+    between APC features and mouth/pose, so training tests can overfit; needs `write_assets` first."""
+    from util.geometry import project, project_landmarks
+    from util.landmarks import feature_map
+    from util.tracks import resample
+
+    rng = np.random.default_rng(seed)
+    base = np.load(root / "mean_pts3d.npy").astype(np.float64)
+    k = np.load(root / "camera_intrinsic.npy").astype(np.float64)
+    sh3d = np.load(root / "shoulder_points3D.npy")[0].astype(np.float64)
+    mix = rng.normal(0, 1, (3, 1024))  # APC pair = latent (opening, yaw, noise) x mix + noise
+    names = []
+    for c, sec in enumerate(seconds):
+        n_src = int(sec * src_fps)
+        t = np.arange(n_src) / src_fps
+        opening = 0.5 + 0.5 * np.sin(2 * np.pi * (1.3 + 0.2 * c) * t + rng.uniform(0, 6))
+        yaw = 4 * np.sin(2 * np.pi * 0.3 * t + c)
+        pts3d = np.repeat(base[None], n_src, 0)
+        pts3d[:, 58:61, 1] -= 0.08 * opening[:, None]
+        pts3d[:, 53:58, 1] -= 0.08 * opening[:, None]
+        rot = np.stack([180 + 0 * t, yaw, 0 * t], 1)
+        trans = np.stack([0.05 * np.sin(t), 0 * t, FACE_DEPTH + 0 * t], 1)
+        pts2d = project_landmarks(pts3d, rot, trans, 1.0, k)
+        sh2d = np.repeat(project(sh3d, k)[None], n_src, 0)
+        folder = root / "clips" / f"clip_{c:03d}"
+        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        for j in range(n_src):
+            img = np.full((size, size, 3), 60, np.uint8)
+            img[feature_map(pts2d[j], sh2d[j], size) > 0] = (220, 180, 160)
+            cv2.imwrite(str(folder / "frames" / f"{j:06d}.jpg"), img)
+        np.savez(folder / "tracks.npz", fps=np.float64(src_fps), pts2d=pts2d, pts3d=pts3d, rot=rot, trans=trans,
+                 shoulders2d=sh2d, shoulders3d=np.repeat(sh3d[None], n_src, 0), valid=np.ones(n_src, bool),
+                 blendshapes=np.zeros((n_src, 52), np.float32), intrinsic=k, change_paras=np.array([1.0, size / 2, size / 2]))
+        model = {key: resample(v, src_fps, fps) for key, v in
+                 {"pts3d": pts3d, "trans": trans, "pts2d": pts2d, "shoulders2d": sh2d}.items()}
+        model["rot"] = resample(rot, src_fps, fps, periodic_deg=True)
+        model["shoulders3d"] = np.repeat(sh3d[None], len(model["rot"]), 0)
+        np.savez(folder / f"tracks_{fps:g}fps.npz", fps=np.float64(fps), **model)
+        n = len(model["rot"])
+        latent = np.stack([resample(opening, src_fps, fps), resample(yaw, src_fps, fps) / 4, rng.normal(0, 1, n)], 1)
+        pairs = latent @ mix + rng.normal(0, 0.1, (n, 1024))
+        np.save(folder / "apc_features.npy", (0.1 * pairs).reshape(2 * n, 512).astype(np.float32))
+        import soundfile as sf
+
+        sf.write(folder / "audio.wav", rng.normal(0, 0.05, int(sec * 16000)).astype(np.float32), 16000)
+        names.append(folder.name)
+    (root / "train_list.txt").write_text(names[0] + "\n")
+    (root / "val_list.txt").write_text("".join(f"{n}\n" for n in names[1:]))

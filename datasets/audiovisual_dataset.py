@@ -1,0 +1,104 @@
+"""Windows of APC features aligned with mouth and head-pose targets, for audio2feature and audio2headpose.
+
+Per clip (at the model rate, 60 fps) preprocessing wrote tracks_<fps>fps.npz (pose-free landmarks,
+rotation, translation) and, once APC exists, apc_features.npy (two 120 Hz frames per video frame).
+A window of `length` target frames starting at frame s carries (LSP §4.1, made exact):
+  audio_feats  APC of video frames [s - history + lookahead, s + length + lookahead)   (2 per frame)
+  history      normalised pose of frames [s - history - 1, s + length - 1)             (zeros before 0)
+  target       normalised pose of frames [s, s + length)
+  mouth        25 mouth points minus the identity's mean shape, frames [s, s + length)
+Frames before the clip start take zero pose and the first audio frame, after the end the last audio
+frame: exactly what inference does at the start and end of an utterance.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from datasets.base_dataset import BaseDataset, identity_root, load_npz, read_clips
+from options.common import positive_int
+from util.audio import MEL_PER_VIDEO_FRAME
+from util.errors import InputError, MissingFileError
+from util.landmarks import MOUTH
+
+ROT_X_OFFSET = 180.0  # LSP §4.1: rot_x is wrapped to [0, 360) and shifted by -180
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What a model needs around its target frames (asked of the model, not of the options)."""
+
+    length: int  # target frames per window
+    history: int = 0  # frames of context before the first target (receptive field - 1 for the WaveNet)
+    lookahead: int = 0  # frames of audio beyond each frame's own (the pose model's frame_future)
+
+
+def normalised_pose(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """Training pose of a clip: [rot (x wrapped, minus 180), trans minus the clip mean, velocities]: (N, 12)."""
+    r = rot.astype(np.float64).copy()
+    r[:, 0] = np.mod(r[:, 0], 360.0) - ROT_X_OFFSET
+    pose = np.concatenate([r, trans - trans.mean(0)], 1)
+    vel = np.concatenate([np.zeros((1, 6)), np.diff(pose, axis=0)])
+    return np.concatenate([pose, vel], 1).astype(np.float32)
+
+
+class AudiovisualDataset(BaseDataset):
+    """Windows over the clips of one split of an identity; see the module docstring."""
+
+    @staticmethod
+    def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
+        parser.add_argument("--frame_jump_stride", type=positive_int, default=1, help="frames between window starts")
+        return parser
+
+    def __init__(self, opt: argparse.Namespace, split: str = "train", spec: WindowSpec | None = None) -> None:
+        super().__init__(opt, split)
+        if spec is None:
+            raise ValueError("AudiovisualDataset needs the model's WindowSpec")
+        self.spec = spec
+        self.root = identity_root(opt)
+        mean = np.load(self.root / "mean_pts3d.npy")
+        self.mean_mouth = mean[MOUTH].reshape(-1).astype(np.float32)
+        self.clips = [self._load_clip(name) for name in read_clips(self.root, split)]
+        self.index = self.limit([(c, s) for c, clip in enumerate(self.clips)
+                                 for s in range(0, len(clip["pose"]) - spec.length + 1, opt.frame_jump_stride)])
+        if split == "train" and not self.index:
+            longest = max((len(c["pose"]) for c in self.clips), default=0)
+            raise InputError(f"--dataroot {self.root}: no training window of {spec.length} frames; the longest clip "
+                             f"has {longest} frames at {opt.fps:g} fps (shorten --sequence_length/--time_frame_length)")
+
+    def _load_clip(self, name: str) -> dict[str, np.ndarray]:
+        folder = self.root / "clips" / name
+        tracks = load_npz(folder / f"tracks_{self.opt.fps:g}fps.npz",
+                          f" (re-run scripts/preprocess.py --id {self.root.name} --fps {self.opt.fps:g})")
+        apc_path = folder / "apc_features.npy"
+        if not apc_path.is_file():
+            raise MissingFileError(f"{apc_path} not found: this identity has no APC features yet; make them with "
+                                   f"python scripts/preprocess.py --id {self.root.name} --only apc_features "
+                                   "--apc_ckpt <APC checkpoint>")
+        apc = np.load(apc_path).astype(np.float32)
+        n = min(len(tracks["rot"]), len(apc) // MEL_PER_VIDEO_FRAME)
+        mouth = tracks["pts3d"][:n, MOUTH].reshape(n, -1).astype(np.float32) - self.mean_mouth
+        return {"apc": apc[: MEL_PER_VIDEO_FRAME * n].reshape(n, -1), "pose": normalised_pose(tracks["rot"][:n],
+                tracks["trans"][:n]), "mouth": mouth}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        c, s = self.index[i]
+        clip, spec = self.clips[c], self.spec
+        n = len(clip["pose"])
+        frames = np.arange(s - spec.history, s + spec.length)  # the window's positions
+        audio = clip["apc"][np.clip(frames + spec.lookahead, 0, n - 1)]  # (H + T, 2 * 512)
+        hist_idx = frames - 1
+        history = np.where((hist_idx >= 0)[:, None], clip["pose"][np.clip(hist_idx, 0, n - 1)], 0.0)
+        return {
+            "audio_feats": torch.from_numpy(audio.reshape(-1, audio.shape[1] // MEL_PER_VIDEO_FRAME)),
+            "history": torch.from_numpy(history.astype(np.float32)),
+            "target": torch.from_numpy(clip["pose"][s : s + spec.length]),
+            "mouth": torch.from_numpy(clip["mouth"][s : s + spec.length]),
+        }

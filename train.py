@@ -1,0 +1,190 @@
+"""Train any stage with one loop (pix2pix's):
+
+    python train.py --model apc            --dataroot <folder(s) of speech> --name apc
+    python train.py --model audio2feature  --dataroot data/<id> --name <id>_audio2feature
+    python train.py --model audio2headpose --dataroot data/<id> --name <id>_audio2headpose
+    python train.py --model feature2face   --dataroot data/<id> --name <id>_feature2face
+    torchrun --nproc_per_node 2 train.py ...   # the same flags on several GPUs / nodes (DDP)
+
+Rerunning with --continue_train resumes exactly (weights, optimizers, schedulers, counters, RNG, the
+position in the epoch). At the end, config/<id>.yaml is pointed at the trained networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("lsp")
+STAGE_CONFIG_KEYS = {"audio2feature": ("Audio2Mouth", "Audio2Feature"), "audio2headpose": ("Headpose", "Audio2Headpose"),
+                     "feature2face": ("Image2Image", "Feature2Face")}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a loss became NaN); the message names the iteration and checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch once."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def update_identity_config(opt: argparse.Namespace, label: str) -> None:
+    """Point config/<id>.yaml (id = the --dataroot folder's name) at this run's network."""
+    from util.identity import CONFIG_DIR
+    from util.identity_files import _project_path, set_config_value
+
+    section, network = STAGE_CONFIG_KEYS[opt.model]
+    path = Path(opt.checkpoints_dir) / opt.name / f"{label}_net_{network}.pth"
+    identity = Path(opt.dataroot).name
+    if not (CONFIG_DIR / f"{identity}.yaml").is_file():
+        log.info("no config/%s.yaml to update: set model_params.%s.ckp_path to %s", identity, section, path)
+        return
+    set_config_value(CONFIG_DIR, identity, ("model_params", section, "ckp_path"), _project_path(path))
+
+
+def main(opt: argparse.Namespace) -> dict:
+    """Train `opt.model`; returns {'epoch', 'total_iters', 'best'}. Raises InputError / TrainingError."""
+    import torch
+
+    from datasets import create_dataset, create_loader
+    from models import create_model
+    from util.distributed import barrier, cleanup, init_distributed
+    from util.log import get_logger
+    from util.visualizer import Visualizer
+
+    rank, world = init_distributed(bool(opt.gpu_ids))
+    save_dir = Path(opt.checkpoints_dir) / opt.name
+    get_logger(save_dir if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
+    seed_everything(opt.seed + rank)
+    model = create_model(opt)
+    spec = model.data_spec()
+    train_set = create_dataset(opt, "train", spec)
+    val_set = create_dataset(opt, "val", spec)  # every rank validates: DDP forwards are collective
+    model.setup()
+    epoch, total_iters, epoch_iter, best = opt.epoch_count, 0, 0, None
+    if opt.continue_train:
+        state = model.load_checkpoint(opt.epoch)
+        epoch, total_iters = state["epoch"], state["total_iters"]
+        epoch_iter, best = state["extra"].get("epoch_iter", 0), state["extra"].get("best")
+        log.info("resuming %s at epoch %d, iteration %d", opt.name, epoch, total_iters)
+    last_epoch = 1 if opt.debug else opt.n_epochs + opt.n_epochs_decay
+    visualizer = Visualizer(opt, rank == 0)
+    every = 1 if opt.debug else None
+    last_saved = "none yet"
+    batches = math.ceil(math.ceil(len(train_set) / world) / opt.batch_size)
+    log.info("%s: %d training samples, %d batches per epoch, epochs %d..%d", opt.model, len(train_set), batches,
+             epoch, last_epoch)
+
+    def save(label: str, at_epoch: int, at_iter: int) -> str:
+        if rank == 0:
+            model.save_checkpoint(label, at_epoch, total_iters, {"epoch_iter": at_iter, "best": best})
+        return f"{save_dir}/{label}_* (iteration {total_iters})"
+
+    stop = False
+    try:
+        while epoch <= last_epoch and not stop:
+            loader = create_loader(train_set, opt, True, epoch, epoch_iter, rank, world)
+            t_data = time.time()
+            bar = _progress(loader, epoch, epoch_iter, batches, rank)
+            for batch in bar:
+                t_start = time.time()
+                model.set_input(batch)
+                model.optimize_parameters()
+                total_iters, epoch_iter = total_iters + 1, epoch_iter + 1
+                losses = model.get_current_losses()
+                bad = [k for k, v in losses.items() if not math.isfinite(v)]
+                if bad:
+                    raise TrainingError(f"loss {bad[0]} became {losses[bad[0]]} at iteration {total_iters} (epoch "
+                                        f"{epoch}); last good checkpoint: {last_saved}. Lower --lr or check the data")
+                if total_iters % (every or opt.print_freq) == 0:
+                    visualizer.print_current_losses(epoch, epoch_iter, total_iters, losses, time.time() - t_start,
+                                                    t_start - t_data)
+                if total_iters % (every or opt.display_freq) == 0:
+                    with torch.no_grad():
+                        model.compute_visuals()
+                    visualizer.display_current_results(model.get_current_visuals(), epoch, total_iters)
+                if total_iters % opt.save_latest_freq == 0:
+                    last_saved = save("latest", epoch, epoch_iter)
+                if opt.max_iters and total_iters >= opt.max_iters:
+                    stop = True
+                    break
+                t_data = time.time()
+            if stop and epoch_iter < batches:
+                last_saved = save("latest", epoch, epoch_iter)
+                break
+            epoch_iter = 0
+            lr = model.update_learning_rate()
+            log.info("end of epoch %d / %d, learning rate %.7f", epoch, last_epoch, lr)
+            if (epoch % opt.val_freq == 0 or epoch == last_epoch) and len(val_set):
+                best = _validate(model, val_set, opt, epoch, total_iters, best, visualizer, rank == 0)
+            barrier()
+            epoch += 1
+            last_saved = save("latest", epoch, 0)
+            if (epoch - 1) % opt.save_epoch_freq == 0:
+                save(str(epoch - 1), epoch, 0)
+    finally:
+        visualizer.close()
+    if rank == 0 and opt.model in STAGE_CONFIG_KEYS:
+        update_identity_config(opt, "best" if best is not None else "latest")
+    cleanup()
+    return {"epoch": epoch, "total_iters": total_iters, "best": best}
+
+
+def _progress(loader, epoch: int, start: int, total: int, rank: int):  # noqa: ANN001, ANN202
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch}", initial=start, total=total, unit="batch", disable=rank != 0,
+                leave=False)
+
+
+def _validate(model, val_set, opt: argparse.Namespace, epoch: int, total_iters: int, best: dict | None,
+              visualizer, main_rank: bool) -> dict | None:  # noqa: ANN001
+    """Metrics on the held-out split; keeps `best_*` checkpoints by the model's first metric."""
+    from datasets import create_loader
+
+    metrics = model.validate(create_loader(val_set, opt, False))
+    visualizer.log_scalars("val", metrics, epoch, total_iters)
+    log.info("validation epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    key, value = next(iter(metrics.items()))
+    better = best is None or (value < best["value"] if model.best_metric_mode == "min" else value > best["value"])
+    if better:
+        best = {"metric": key, "value": value, "epoch": epoch}
+        if main_rank:
+            model.save_checkpoint("best", epoch + 1, total_iters, {"epoch_iter": 0, "best": best})
+            log.info("new best %s %.4f: saved best_* checkpoints", key, value)
+    return best
+
+
+def cli(args: list[str] | None = None) -> int:
+    from options.train_options import TrainOptions
+    from util.errors import InputError
+    from util.log import get_logger
+
+    get_logger()
+    opt = TrainOptions().parse(args)
+    if opt.dry_run:
+        return 0
+    try:
+        main(opt)
+    except InputError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
