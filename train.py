@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("lsp")
-STAGE_CONFIG_KEYS = {"audio2feature": ("Audio2Mouth", "Audio2Feature"), "audio2headpose": ("Headpose", "Audio2Headpose"),
-                     "feature2face": ("Image2Image", "Feature2Face")}
+STAGE_CONFIG_KEYS = {  # --model -> (config section, network name)
+    "audio2feature": ("Audio2Mouth", "Audio2Feature"),
+    "audio2headpose": ("Headpose", "Audio2Headpose"),
+    "feature2face": ("Image2Image", "Feature2Face"),
+}
 
 
 class TrainingError(RuntimeError):
@@ -41,20 +44,19 @@ def seed_everything(seed: int) -> None:
 
 def update_identity_config(opt: argparse.Namespace, label: str) -> None:
     """Point config/<id>.yaml (id = the --dataroot folder's name) at this run's network."""
-    from util.identity import CONFIG_DIR
-    from util.identity_files import _project_path, set_config_value
+    from util.identity_files import project_path, set_config_value
 
     section, network = STAGE_CONFIG_KEYS[opt.model]
     path = Path(opt.checkpoints_dir) / opt.name / f"{label}_net_{network}.pth"
     identity = Path(opt.dataroot).name
-    if not (CONFIG_DIR / f"{identity}.yaml").is_file():
-        log.info("no config/%s.yaml to update: set model_params.%s.ckp_path to %s", identity, section, path)
+    if not (Path(opt.config_dir) / f"{identity}.yaml").is_file():
+        log.info("no %s/%s.yaml to update: set model_params.%s.ckp_path to %s", opt.config_dir, identity, section, path)
         return
-    set_config_value(CONFIG_DIR, identity, ("model_params", section, "ckp_path"), _project_path(path))
+    set_config_value(Path(opt.config_dir), identity, ("model_params", section, "ckp_path"), project_path(path))
 
 
 def main(opt: argparse.Namespace) -> dict:
-    """Train `opt.model`; returns {'epoch', 'total_iters', 'best'}. Raises InputError / TrainingError."""
+    """Train `opt.model`; returns {'epoch', 'total_iters', 'best', 'model'}. Raises InputError / TrainingError."""
     import torch
 
     from datasets import create_dataset, create_loader
@@ -138,18 +140,18 @@ def main(opt: argparse.Namespace) -> dict:
     if rank == 0 and opt.model in STAGE_CONFIG_KEYS:
         update_identity_config(opt, "best" if best is not None else "latest")
     cleanup()
-    return {"epoch": epoch, "total_iters": total_iters, "best": best}
+    return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 
 
-def _progress(loader, epoch: int, start: int, total: int, rank: int):  # noqa: ANN001, ANN202
+def _progress(loader, epoch: int, start: int, total: int, rank: int):  # noqa: ANN001
     from tqdm import tqdm
 
     return tqdm(loader, desc=f"epoch {epoch}", initial=start, total=total, unit="batch", disable=rank != 0,
                 leave=False)
 
 
-def _validate(model, val_set, opt: argparse.Namespace, epoch: int, total_iters: int, best: dict | None,
-              visualizer, main_rank: bool) -> dict | None:  # noqa: ANN001
+def _validate(model, val_set, opt: argparse.Namespace, epoch: int, total_iters: int,  # noqa: ANN001
+              best: dict | None, visualizer, main_rank: bool) -> dict | None:  # noqa: ANN001
     """Metrics on the held-out split; keeps `best_*` checkpoints by the model's first metric."""
     from datasets import create_loader
 

@@ -34,7 +34,8 @@ class Audio2FeatureModel(BaseModel):
         parser.add_argument("--frame_future", type=int, default=18,
                             help="mouth lookahead d in frames: the output for frame t is read at step t + d")
         parser.add_argument("--sequence_length", type=positive_int, default=240, help="frames per training window")
-        parser.set_defaults(frame_jump_stride=4, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step", lr_decay_iters=250,
+        parser.set_defaults(frame_jump_stride=4, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step",
+                            lr_decay_iters=250,
                             lr_gamma=0.2, n_epochs=500, n_epochs_decay=0, val_freq=10)
         return parser
 
@@ -75,7 +76,8 @@ class Audio2FeatureModel(BaseModel):
 
     def compute_visuals(self) -> None:
         pred, target = self.aligned()
-        opening = [(x[0, :, 3 * UPPER_MID + 1] - x[0, :, 3 * LOWER_MID + 1]).detach().cpu().numpy() for x in (pred, target)]
+        opening = [(x[0, :, 3 * UPPER_MID + 1] - x[0, :, 3 * LOWER_MID + 1]).detach().cpu().numpy()
+                   for x in (pred, target)]
         self.mouth_opening = curves_image({"predicted": opening[0], "tracked": opening[1]}, "mouth opening")
 
     def current_metrics(self) -> dict[str, float]:

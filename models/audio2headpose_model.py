@@ -38,7 +38,8 @@ class Audio2HeadposeModel(BaseModel):
         parser.add_argument("--time_frame_length", type=positive_int, default=240, help="target frames per window")
         parser.add_argument("--smooth_loss", type=float, default=0.0,
                             help="weight of a second-difference smoothness term on the predicted means")
-        parser.set_defaults(frame_jump_stride=1, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step", lr_decay_iters=250,
+        parser.set_defaults(frame_jump_stride=1, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step",
+                            lr_decay_iters=250,
                             lr_gamma=0.2, n_epochs=500, n_epochs_decay=0, val_freq=10)
         return parser
 

@@ -83,7 +83,8 @@ class BaseModel(ABC):
         self.opt = opt
         self.is_train = opt.is_train
         local = world_info()[2]
-        self.device = torch.device(f"cuda:{opt.gpu_ids[local % len(opt.gpu_ids)]}") if opt.gpu_ids else torch.device("cpu")
+        gpus = opt.gpu_ids
+        self.device = torch.device(f"cuda:{gpus[local % len(gpus)]}") if gpus else torch.device("cpu")
         self.distributed = is_distributed()
         self.save_dir = Path(opt.checkpoints_dir) / opt.name
         self.loss_names: list[str] = []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from options.base_options import BaseOptions
 from options.common import non_negative_float, positive_int
+from util.identity import CONFIG_DIR
 
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
 
@@ -61,6 +63,9 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--max_iters", type=int, default=0,
                             help="stop after this many iterations in all (0 = run every epoch); rerun with "
                                  "--continue_train to go on")
+        parser.add_argument("--config_dir", type=Path, default=CONFIG_DIR,
+                            help="after training, config/<id>.yaml here (id = the --dataroot folder) is pointed "
+                                 "at the trained network")
         parser.add_argument("--debug", action="store_true",
                             help="one epoch on 10 samples, printing and displaying every iteration")
         return parser

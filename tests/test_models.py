@@ -56,7 +56,8 @@ def test_one_step_changes_weights_and_reports(name, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
     model.compute_visuals()
     visuals = model.get_current_visuals()
-    assert set(visuals) == set(model.visual_names) and all(v.ndim == 4 and v.shape[1] in (1, 3) for v in visuals.values())
+    assert set(visuals) == set(model.visual_names)
+    assert all(v.ndim == 4 and v.shape[1] in (1, 3) for v in visuals.values())
     assert set(model.current_metrics()) and all(np.isfinite(v) for v in model.current_metrics().values())
     model.update_learning_rate()
 

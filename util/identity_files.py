@@ -82,7 +82,7 @@ def write_candidates(root: Path, train: list[str], chosen: list[int] | None) -> 
     return out
 
 
-def _project_path(path: Path) -> str:
+def project_path(path: Path) -> str:
     """A path as config files write it: ./relative to the project root when inside it."""
     path = Path(path).resolve()
     try:
@@ -97,7 +97,7 @@ def write_config(config_dir: Path, identity: str, root: Path, fps: float) -> Pat
     if path.is_file():
         log.info("kept the existing %s", path)
         return path
-    data = _project_path(root)
+    data = project_path(root)
     cfg = {
         "fps": fps,
         "model_params": {
@@ -156,8 +156,8 @@ def write_apc_features(root: Path, apc_ckpt: Path | None, config_dir: Path, iden
         if clip["split"] == "train":
             base.append(feats)
     _save_npy(root / "APC_feature_base.npy", np.concatenate(base))
-    set_config_value(config_dir, identity, ("model_params", "APC", "ckp_path"), _project_path(apc_ckpt))
-    meta["apc_checkpoint"] = _project_path(apc_ckpt)
+    set_config_value(config_dir, identity, ("model_params", "APC", "ckp_path"), project_path(apc_ckpt))
+    meta["apc_checkpoint"] = project_path(apc_ckpt)
     import json
 
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -162,7 +162,8 @@ def write_training_clips(root: Path, size: int = 64, seconds: tuple[float, ...] 
             cv2.imwrite(str(folder / "frames" / f"{j:06d}.jpg"), img)
         np.savez(folder / "tracks.npz", fps=np.float64(src_fps), pts2d=pts2d, pts3d=pts3d, rot=rot, trans=trans,
                  shoulders2d=sh2d, shoulders3d=np.repeat(sh3d[None], n_src, 0), valid=np.ones(n_src, bool),
-                 blendshapes=np.zeros((n_src, 52), np.float32), intrinsic=k, change_paras=np.array([1.0, size / 2, size / 2]))
+                 blendshapes=np.zeros((n_src, 52), np.float32), intrinsic=k,
+                 change_paras=np.array([1.0, size / 2, size / 2]))
         model = {key: resample(v, src_fps, fps) for key, v in
                  {"pts3d": pts3d, "trans": trans, "pts2d": pts2d, "shoulders2d": sh2d}.items()}
         model["rot"] = resample(rot, src_fps, fps, periodic_deg=True)

@@ -1,0 +1,171 @@
+"""train.py / test.py on a tiny synthetic identity: overfitting, exact resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import test as test_script
+import train
+from models import create_model
+from options.test_options import TestOptions
+from options.train_options import TrainOptions
+from util.synthetic import write_assets, write_training_clips
+
+STAGE_ARGS = {
+    "audio2feature": ["--sequence_length", "40", "--frame_future", "6", "--batch_size", "4"],
+    "audio2headpose": ["--time_frame_length", "12", "--batch_size", "4", "--frame_jump_stride", "7"],
+    "feature2face": ["--ngf", "8", "--num_downs", "5", "--ndf", "8", "--batch_size", "2", "--frame_jump", "5"],
+}
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    root = tmp_path_factory.mktemp("identity") / "syn"
+    write_assets(root, 64, n_frames=60, apc_frames=100)
+    write_training_clips(root, seconds=(4.0, 2.0))
+    return root
+
+
+def train_args(identity, tmp_path, model: str, *extra: str) -> list[str]:
+    return ["--model", model, "--dataroot", str(identity), "--checkpoints_dir", str(tmp_path / "ckpt"),
+            "--name", model, "--num_threads", "0", "--print_freq", "2", "--display_freq", "3", "--seed", "1",
+            *STAGE_ARGS.get(model, []), *extra]
+
+
+def weights(tmp_path, model: str, label: str = "latest") -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted((tmp_path / "ckpt" / model).glob(f"{label}_net_*.pth")):
+        for k, v in torch.load(f, weights_only=True)["state_dict"].items():
+            out[f"{f.name}:{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("model", ["audio2headpose", "feature2face"])
+def test_resume_equals_uninterrupted(identity, tmp_path, model):
+    common = ["--n_epochs", "3", "--n_epochs_decay", "0", "--save_latest_freq", "100"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train.cli(train_args(identity, a, model, *common)) == 0
+    total = json.loads((a / "ckpt" / model / "stats.jsonl").read_text().splitlines()[-1])["iter"]
+    half = total // 2 + 1  # stops mid-epoch
+    assert train.cli(train_args(identity, b, model, *common, "--max_iters", str(half))) == 0
+    assert train.cli(train_args(identity, b, model, *common, "--continue_train")) == 0
+    wa, wb = weights(a, model), weights(b, model)
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    worst = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+    assert worst < 1e-5, worst
+    state = torch.load(b / "ckpt" / model / "latest_state.pth", weights_only=False)
+    straight = torch.load(a / "ckpt" / model / "latest_state.pth", weights_only=False)
+    assert state["total_iters"] == straight["total_iters"]
+
+
+def test_training_writes_logs_pages_and_test_metrics(identity, tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / f"{identity.name}.yaml").write_text("# mine\nfps: 60\n")
+    args = train_args(identity, tmp_path, "audio2feature", "--n_epochs", "2", "--n_epochs_decay", "0",
+                      "--val_freq", "1", "--save_epoch_freq", "1", "--config_dir", str(tmp_path / "config"))
+    assert train.cli(args) == 0
+    run = tmp_path / "ckpt" / "audio2feature"
+    log = (run / "loss_log.txt").read_text()
+    assert "(epoch: 1, iters: 2, time:" in log and " L2: " in log
+    kinds = {json.loads(line)["group"] for line in (run / "stats.jsonl").read_text().splitlines()}
+    assert kinds == {"train", "val"}
+    assert (run / "web" / "index.html").is_file() and any((run / "tensorboard").iterdir())
+    assert {p.name for p in run.glob("*.pth")} >= {"latest_net_Audio2Feature.pth", "latest_state.pth",
+                                                   "best_net_Audio2Feature.pth", "1_net_Audio2Feature.pth"}
+    assert (run / "train_opt.txt").is_file() and json.loads((run / "opt.json").read_text())["model"] == "audio2feature"
+    cfg = (tmp_path / "config" / f"{identity.name}.yaml").read_text()  # the demo now finds the trained network
+    assert str(run / "best_net_Audio2Feature.pth") in cfg
+    opt = TestOptions().parse(["--model", "audio2feature", "--dataroot", str(identity), "--checkpoints_dir",
+                               str(tmp_path / "ckpt"), "--name", "audio2feature",
+                               "--results_dir", str(tmp_path / "res"), *STAGE_ARGS["audio2feature"]])
+    report = test_script.main(opt)
+    assert report["batches"] > 0 and np.isfinite(report["mouth_lmd"])
+    assert (tmp_path / "res" / "audio2feature" / "val_latest" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("model,steps,factor", [("apc", 60, 3), ("audio2feature", 80, 10), ("feature2face", 80, 3),
+                                                ("audio2headpose", 60, None)])
+def test_overfits_a_tiny_batch(identity, model, steps, factor, tmp_path):
+    from datasets import create_dataset
+
+    args = ["--model", model, "--checkpoints_dir", str(tmp_path), "--lr", "1e-3", "--gpu_ids", "-1",
+            "--dataroot", str(identity if model != "apc" else identity / "clips"), *STAGE_ARGS.get(model, [])]
+    if model == "apc":
+        args += ["--segment_length", "100", "--time_shift", "1"]
+    opt = TrainOptions().parse(args, save=False)
+    model_obj = create_model(opt)
+    data = create_dataset(opt, "train", model_obj.data_spec())
+    batch = torch.utils.data.default_collate([data[i] for i in range(min(2, len(data)))])
+    model_obj.setup()
+    losses = []
+    for _ in range(steps):
+        model_obj.set_input(batch)
+        model_obj.optimize_parameters()
+        losses.append(sum(model_obj.get_current_losses().values()) if model != "feature2face"
+                      else model_obj.get_current_losses()["G_L1"])
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    if factor is None:  # a Gaussian NLL can go negative: ask for a large absolute drop instead
+        assert first - last > 1.0, (first, last)
+    else:
+        assert last < first / factor, (first, last)
+
+
+def test_bad_inputs(identity, tmp_path, capsys):
+    def error(*args: str, code: int = 2) -> str:
+        assert train.cli(list(args)) == code
+        return capsys.readouterr().err.strip().splitlines()[-1]
+
+    base = ["--checkpoints_dir", str(tmp_path / "ckpt"), "--num_threads", "0"]
+    assert "no such folder" in error("--model", "audio2feature", "--dataroot", str(tmp_path / "nope"), *base)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no train_list.txt; expected an identity folder" in error("--model", "feature2face", "--dataroot",
+                                                                       str(empty), *base)
+    assert "no audio files" in error("--model", "apc", "--dataroot", str(empty), *base)
+    bare = tmp_path / "bare"
+    shutil.copytree(identity, bare)
+    for f in bare.glob("clips/*/apc_features.npy"):
+        f.unlink()
+    msg = error("--model", "audio2feature", "--dataroot", str(bare), *base)
+    assert "has no APC features yet; make them with python scripts/preprocess.py --id bare --only apc_features" in msg
+    msg = error("--model", "audio2feature", "--dataroot", str(identity), "--name", "fresh", "--continue_train", *base)
+    assert "nothing to continue" in msg
+    args = train_args(identity, tmp_path, "audio2feature", "--n_epochs", "1", "--n_epochs_decay", "0")
+    assert train.cli(args) == 0
+    msg = error(*train_args(identity, tmp_path, "audio2headpose", "--continue_train", "--name", "audio2feature"))
+    assert "a checkpoint of --model audio2feature, not audio2headpose" in msg
+    msg = error(*train_args(identity, tmp_path, "audio2feature", "--name", "nan", "--lr", "1e12", "--beta1", "0",
+                            "--save_latest_freq", "1", "--n_epochs", "5"), code=3)
+    assert "became" in msg and "at iteration" in msg and "last good checkpoint:" in msg and "latest_*" in msg
+
+
+def _ddp_worker(rank: int, world: int, args: list[str], out: str, port: int) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    opt = TrainOptions().parse(args)
+    result = train.main(opt)
+    torch.save({k: v.cpu() for k, v in result["model"].networks()["Audio2Feature"].state_dict().items()},
+               f"{out}/rank{rank}.pt")
+
+
+def test_ddp_two_gloo_processes_agree(identity, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = train_args(identity, tmp_path, "audio2feature", "--n_epochs", "1", "--n_epochs_decay", "0")
+    mp.spawn(_ddp_worker, args=(2, args, str(tmp_path), port), nprocs=2, join=True)
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    saved = torch.load(tmp_path / "ckpt" / "audio2feature" / "latest_net_Audio2Feature.pth", weights_only=True)
+    assert all(torch.equal(saved["state_dict"][k], w0[k]) for k in w0)
