@@ -35,6 +35,17 @@ class WindowSpec:
     length: int  # target frames per window
     history: int = 0  # frames of context before the first target (receptive field - 1 for the WaveNet)
     lookahead: int = 0  # frames of audio beyond each frame's own (the pose model's frame_future)
+    apc_dim: int = 512  # feature size the model was built for
+
+
+def identity_apc_dim(opt: argparse.Namespace) -> int:
+    """Size of the identity's APC features (APC_feature_base.npy), for --apc_hidden_size 0 (auto)."""
+    path = identity_root(opt) / "APC_feature_base.npy"
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found: this identity has no APC features yet; make them with "
+                               f"python scripts/preprocess.py --id {path.parent.name} --only apc_features "
+                               "--apc_ckpt <APC checkpoint>")
+    return int(np.load(path, mmap_mode="r").shape[1])
 
 
 def normalised_pose(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
@@ -80,6 +91,9 @@ class AudiovisualDataset(BaseDataset):
                                    f"python scripts/preprocess.py --id {self.root.name} --only apc_features "
                                    "--apc_ckpt <APC checkpoint>")
         apc = np.load(apc_path).astype(np.float32)
+        if apc.shape[1] != self.spec.apc_dim:
+            raise InputError(f"{apc_path}: {apc.shape[1]}-d APC features, but the model was built for "
+                             f"{self.spec.apc_dim} (--apc_hidden_size; 0 takes the identity's size)")
         n = min(len(tracks["rot"]), len(apc) // MEL_PER_VIDEO_FRAME)
         mouth = tracks["pts3d"][:n, MOUTH].reshape(n, -1).astype(np.float32) - self.mean_mouth
         return {"apc": apc[: MEL_PER_VIDEO_FRAME * n].reshape(n, -1), "pose": normalised_pose(tracks["rot"][:n],

@@ -11,7 +11,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from datasets.audiovisual_dataset import WindowSpec
+from datasets.audiovisual_dataset import WindowSpec, identity_apc_dim
 from models.base_model import BaseModel
 from models.networks import Audio2FeatureConfig, Audio2FeatureNet
 from options.common import positive_int
@@ -27,7 +27,8 @@ class Audio2FeatureModel(BaseModel):
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-        parser.add_argument("--apc_hidden_size", type=positive_int, default=512, help="APC feature size")
+        parser.add_argument("--apc_hidden_size", type=int, default=0,
+                            help="APC feature size; 0 = the size of the identity's APC features")
         parser.add_argument("--a2f_hidden_size", type=positive_int, default=512, help="MLP width around the LSTM")
         parser.add_argument("--lstm_hidden_size", type=positive_int, default=256, help="LSTM width")
         parser.add_argument("--lstm_layers", type=positive_int, default=3, help="LSTM layers")
@@ -44,7 +45,8 @@ class Audio2FeatureModel(BaseModel):
         self.loss_names = ["L2"]
         self.visual_names = ["mouth_opening"]
         self.model_names = ["Audio2Feature"]
-        cfg = Audio2FeatureConfig(apc_dim=opt.apc_hidden_size, hidden_size=opt.a2f_hidden_size,
+        self.apc_dim = opt.apc_hidden_size or identity_apc_dim(opt)
+        cfg = Audio2FeatureConfig(apc_dim=self.apc_dim, hidden_size=opt.a2f_hidden_size,
                                   lstm_hidden_size=opt.lstm_hidden_size, lstm_layers=opt.lstm_layers)
         self.netAudio2Feature = Audio2FeatureNet(cfg).to(self.device)
         if self.is_train:
@@ -55,7 +57,7 @@ class Audio2FeatureModel(BaseModel):
         return {"frame_future": self.opt.frame_future, "fps": self.opt.fps}
 
     def data_spec(self) -> WindowSpec:
-        return WindowSpec(length=self.opt.sequence_length)
+        return WindowSpec(length=self.opt.sequence_length, apc_dim=self.apc_dim)
 
     def set_input(self, batch: dict) -> None:
         self.audio_feats = batch["audio_feats"].to(self.device)  # (B, 2T, 512)

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from datasets.audiovisual_dataset import WindowSpec
+from datasets.audiovisual_dataset import WindowSpec, identity_apc_dim
 from models.base_model import BaseModel
 from models.losses import gmm_nll
 from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
@@ -24,7 +24,8 @@ class Audio2HeadposeModel(BaseModel):
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-        parser.add_argument("--apc_hidden_size", type=positive_int, default=512, help="APC feature size")
+        parser.add_argument("--apc_hidden_size", type=int, default=0,
+                            help="APC feature size; 0 = the size of the identity's APC features")
         parser.add_argument("--a2h_wavenet_residual_layers", type=positive_int, default=7, help="layers per block")
         parser.add_argument("--a2h_wavenet_residual_blocks", type=positive_int, default=2, help="dilation cycles")
         parser.add_argument("--a2h_wavenet_residual_channels", type=positive_int, default=128, help="residual width")
@@ -49,7 +50,7 @@ class Audio2HeadposeModel(BaseModel):
         self.visual_names = ["yaw", "pitch"]
         self.model_names = ["Audio2Headpose"]
         self.cfg = Audio2HeadposeConfig(
-            apc_dim=opt.apc_hidden_size, cond_channels=opt.a2h_wavenet_cond_channels,
+            apc_dim=opt.apc_hidden_size or identity_apc_dim(opt), cond_channels=opt.a2h_wavenet_cond_channels,
             residual_layers=opt.a2h_wavenet_residual_layers, residual_blocks=opt.a2h_wavenet_residual_blocks,
             residual_channels=opt.a2h_wavenet_residual_channels, dilation_channels=opt.a2h_wavenet_dilation_channels,
             skip_channels=opt.a2h_wavenet_skip_channels, kernel_size=opt.a2h_wavenet_kernel_size,
@@ -68,7 +69,7 @@ class Audio2HeadposeModel(BaseModel):
 
     def data_spec(self) -> WindowSpec:
         return WindowSpec(length=self.opt.time_frame_length, history=self.receptive_field - 1,
-                          lookahead=self.opt.frame_future)
+                          lookahead=self.opt.frame_future, apc_dim=self.cfg.apc_dim)
 
     def set_input(self, batch: dict) -> None:
         self.audio_feats = batch["audio_feats"].to(self.device)  # (B, 2L, 512), L = rf + T - 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from models.networks import (
     MultiscaleDiscriminator,
     MultiscaleDiscriminatorConfig,
 )
+from models.networks.feature2face import MIN_DOWNS
 from options.common import positive_int
 from util.log import warn_once
 
@@ -36,8 +38,9 @@ class Feature2FaceModel(BaseModel):
         parser.add_argument("--size", type=str, default="normal", choices=tuple(FEATURE2FACE_GENERATORS),
                             help="generator variant (the release: large for May, normal for the others)")
         parser.add_argument("--ngf", type=positive_int, default=64, help="generator width")
-        parser.add_argument("--num_downs", type=positive_int, default=8,
-                            help="U-Net levels; the image side must be divisible by 2**num_downs")
+        parser.add_argument("--num_downs", type=int, default=0,
+                            help="U-Net levels; 0 = as many as leave 2 px at the innermost level (8 at 512^2, as "
+                                 "released; 7 at 256^2)")
         parser.add_argument("--ndf", type=positive_int, default=64, help="discriminator width")
         parser.add_argument("--n_layers_D", type=positive_int, default=3, help="stride-2 layers per PatchGAN")
         parser.add_argument("--num_D", type=positive_int, default=2, help="discriminator scales")
@@ -57,7 +60,7 @@ class Feature2FaceModel(BaseModel):
         super().__init__(opt)
         self.visual_names = ["feature_map", "fake", "real"]
         self.model_names = ["Feature2Face"]
-        g_cfg = Feature2FaceGConfig(size=opt.size, ngf=opt.ngf, num_downs=opt.num_downs)
+        g_cfg = Feature2FaceGConfig(size=opt.size, ngf=opt.ngf, num_downs=opt.num_downs or auto_num_downs(opt))
         self.netFeature2Face = Feature2FaceG(g_cfg).to(self.device)
         self.use_d = self.is_train and not opt.no_discriminator
         self.loss_names = ["G_L1"]
@@ -143,6 +146,15 @@ class Feature2FaceModel(BaseModel):
         self.optimizer_G.zero_grad(set_to_none=True)
         self.backward_step(self.backward_G(), self.optimizer_G)
         self.scaler.update()
+
+
+def auto_num_downs(opt: argparse.Namespace) -> int:
+    """U-Net depth for the identity's image size: innermost level 2 px (LSP: 512 px -> 8 levels)."""
+    from datasets.base_dataset import identity_root
+    from util.identity import load_image_rgb
+
+    side = min(load_image_rgb(identity_root(opt) / "candidates" / "normalized_full_0.jpg", "candidate image").shape[:2])
+    return max(MIN_DOWNS, int(math.log2(side)) - 1)
 
 
 def _float(outputs: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:

@@ -39,7 +39,8 @@ def tiny_batch(model: str) -> dict:
 
 
 EXTRA = {"feature2face": ["--ngf", "8", "--num_downs", "5", "--ndf", "8", "--no_vgg"],
-         "audio2feature": ["--frame_future", "5"]}
+         "audio2feature": ["--frame_future", "5", "--apc_hidden_size", "512"],
+         "audio2headpose": ["--apc_hidden_size", "512"]}
 
 
 @pytest.mark.parametrize("name", registry.available("model"))

@@ -111,6 +111,10 @@ class Feature2FaceG(nn.Module):
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"Feature2Face input {tuple(x.shape[-2:])} must be divisible by {factor} "
                              f"(2**num_downs with num_downs={self.cfg.num_downs})")
+        if self.training and self.cfg.size != "small" and min(x.shape[-2:]) < 2 * factor and x.shape[0] == 1:
+            raise ValueError(f"Feature2Face: {tuple(x.shape[-2:])} images with num_downs={self.cfg.num_downs} leave "
+                             "1 px at the innermost level, where BatchNorm cannot train on one sample; "
+                             f"use num_downs <= {self.cfg.num_downs - 1}")
         return self.model(x)
 
 

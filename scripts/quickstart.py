@@ -1,0 +1,171 @@
+"""The bundled example end to end, on a laptop-class CPU, with no downloads:
+
+    python scripts/quickstart.py [--profile fast|tiny] [--device cpu|cuda]
+
+1. preprocess the bundled clip (data/example_src/TedLieu_60s.mp4) into data/example/
+2. pre-train APC on the bundled speech (12 min of LibriSpeech), write the identity's APC features
+3. train audio2feature, audio2headpose and feature2face with the profile's budget
+4. drive the result with the held-out tail's audio and with another speaker's speech
+5. evaluate and write results/example/report.html and metrics.json
+Every step is skipped when its output exists, so a second run reuses what is done (--force redoes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "data" / "example_src"
+
+# Training budgets: `fast` fits about 15 minutes on 2 CPU cores; `tiny` is the CI smoke run.
+PROFILES = {
+    "fast": {
+        "size": 256,
+        "apc": ["--apc_hidden_size", "256", "--segment_length", "240", "--batch_size", "16", "--max_iters", "300",
+                "--lr", "1e-3"],
+        "audio2feature": ["--sequence_length", "120", "--batch_size", "16", "--frame_jump_stride", "8",
+                          "--max_iters", "600", "--lr", "1e-3", "--val_freq", "5"],
+        "audio2headpose": ["--time_frame_length", "60", "--batch_size", "16", "--frame_jump_stride", "10",
+                           "--a2h_wavenet_residual_channels", "64", "--a2h_wavenet_dilation_channels", "64",
+                           "--a2h_wavenet_skip_channels", "128", "--a2h_wavenet_cond_channels", "256",
+                           "--max_iters", "300", "--lr", "1e-3", "--val_freq", "5"],
+        "feature2face": ["--ngf", "16", "--ndf", "16", "--batch_size", "4", "--max_iters", "700", "--lr", "2e-4",
+                         "--n_epochs", "2", "--n_epochs_decay", "1"],
+    },
+    "tiny": {
+        "size": 128,
+        "apc": ["--apc_hidden_size", "64", "--apc_layers", "2", "--segment_length", "120", "--batch_size", "8",
+                "--max_iters", "10", "--max_dataset_size", "40"],
+        "audio2feature": ["--sequence_length", "60", "--batch_size", "8", "--frame_jump_stride", "30",
+                          "--lstm_hidden_size", "32", "--a2f_hidden_size", "64", "--max_iters", "10"],
+        "audio2headpose": ["--time_frame_length", "20", "--batch_size", "4", "--frame_jump_stride", "60",
+                           "--a2h_wavenet_residual_layers", "4", "--a2h_wavenet_residual_channels", "16",
+                           "--a2h_wavenet_dilation_channels", "16", "--a2h_wavenet_skip_channels", "16",
+                           "--a2h_wavenet_cond_channels", "32", "--max_iters", "10"],
+        "feature2face": ["--ngf", "8", "--ndf", "8", "--batch_size", "2", "--max_iters", "10", "--frame_jump", "20"],
+    },
+}
+STAGES = ("audio2feature", "audio2headpose", "feature2face")
+NETWORK = {"apc": "APC", "audio2feature": "Audio2Feature", "audio2headpose": "Audio2Headpose",
+           "feature2face": "Feature2Face"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", type=str, default="fast", choices=tuple(PROFILES), help="training budget")
+    p.add_argument("--id", type=str, default="example", help="identity name of the example")
+    p.add_argument("--video", type=Path, default=SOURCE / "TedLieu_60s.mp4", help="the clip to learn")
+    p.add_argument("--speech", type=Path, default=SOURCE / "speech", help="speech for APC pre-training")
+    p.add_argument("--driving_audio", type=Path, default=SOURCE / "eng_12s.ogg",
+                   help="another speaker's speech to drive the result")
+    p.add_argument("--device", type=str, default="cpu", help="cpu or cuda (training uses GPU 0 with cuda)")
+    p.add_argument("--checkpoints_dir", type=Path, default=ROOT / "checkpoints", help="training runs go here")
+    p.add_argument("--results_dir", type=Path, default=ROOT / "results", help="videos and the report go here")
+    p.add_argument("--data_root", type=Path, default=ROOT / "data", help="identities live here")
+    p.add_argument("--config_dir", type=Path, default=ROOT / "config", help="config/<id>.yaml goes here")
+    p.add_argument("--force", action="store_true", help="redo every step")
+    return p.parse_args(argv)
+
+
+def run_step(name: str, fn, args: list[str]) -> None:  # noqa: ANN001
+    """Run one CLI entry point in-process; stop the quickstart with its message when it fails."""
+    start = time.time()
+    print(f"\n== {name}", flush=True)
+    code = fn(args)
+    if code != 0:
+        raise SystemExit(f"quickstart.py: step '{name}' failed (exit {code}); fix the message above and rerun")
+    print(f"== {name}: done in {time.time() - start:.0f} s", flush=True)
+
+
+def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, timings: dict) -> Path:
+    """Train (or resume, or skip) one stage; returns its network checkpoint."""
+    import torch
+
+    import train
+
+    run = a.checkpoints_dir / name
+    ckpt = run / f"latest_net_{NETWORK[stage]}.pth"
+    flags = PROFILES[a.profile][stage]
+    target = int(flags[flags.index("--max_iters") + 1])
+    args = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir", str(a.checkpoints_dir),
+            "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir", str(a.config_dir),
+            "--display_freq", "100", "--print_freq", "50", *flags]
+    state = run / "latest_state.pth"
+    if state.is_file() and not a.force:
+        done = torch.load(state, map_location="cpu", weights_only=False)["total_iters"]
+        if done >= target:
+            print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
+            return ckpt
+        args.append("--continue_train")
+    start = time.time()
+    run_step(f"train {stage}", train.cli, args)
+    timings[f"train_{stage}_s"] = time.time() - start
+    return ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    import json
+
+    import demo
+    from util.log import get_logger
+
+    get_logger()
+    preprocess = _load("preprocess")
+    prof = PROFILES[a.profile]
+    identity = a.data_root / a.id
+    timings: dict[str, float] = {}
+    start = time.time()
+    common = ["--data_root", str(a.data_root), "--config_dir", str(a.config_dir)]
+    meta = identity / "meta.json"
+    if a.force or not meta.is_file() or json.loads(meta.read_text()).get("status") != "done":
+        t = time.time()
+        run_step("preprocess the example clip", preprocess.main,
+                 ["--video", str(a.video), "--id", a.id, "--size", str(prof["size"]), *common,
+                  *(["--force"] if a.force else [])])
+        timings["preprocess_s"] = time.time() - t
+    apc = train_stage(a, "apc", a.speech, f"{a.id}_apc", timings)
+    base = identity / "APC_feature_base.npy"
+    if a.force or not base.is_file() or base.stat().st_mtime < apc.stat().st_mtime:
+        run_step("APC features of the example", preprocess.main,
+                 ["--id", a.id, "--only", "apc_features", "--apc_ckpt", str(apc), *common])
+    for stage in STAGES:
+        train_stage(a, stage, identity, f"{a.id}_{stage}", timings)
+    out = a.results_dir / a.id
+    out.mkdir(parents=True, exist_ok=True)
+    val_clip = (identity / "val_list.txt").read_text().split()[0]
+    tail = out / "heldout_tail.wav"  # the held-out tail's own speech, under a name the results can carry
+    tail.write_bytes((identity / "clips" / val_clip / "audio.wav").read_bytes())
+    driving = {"heldout": tail, "other_speaker": a.driving_audio}
+    for label, audio in driving.items():
+        t = time.time()
+        opt_args = ["--id", a.id, "--driving_audio", str(audio), "--device", a.device, "--config_dir",
+                    str(a.config_dir), "--results_dir", str(a.results_dir), "--overwrite", "--batch_size", "4"]
+        run_step(f"demo: {label} audio", demo.cli, opt_args)
+        timings[f"demo_{label}_s"] = time.time() - t
+    from util.evaluate import evaluate_identity
+
+    t = time.time()
+    print("\n== evaluate", flush=True)
+    report = evaluate_identity(a.id, a.config_dir, out, driving, a.device, timings, a.speech)
+    timings["evaluate_s"] = time.time() - t
+    print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
+    return 0
+
+
+def _load(name: str):  # noqa: ANN202 - a sibling script as a module
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __name__ == "__main__":
+    sys.exit(main())

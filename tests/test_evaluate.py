@@ -1,0 +1,63 @@
+"""Evaluation metrics on known inputs, and the quickstart end to end (tiny profile)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import load_script
+from util import metrics as M
+from util.evaluate import mouth_scores
+from util.synthetic import synthetic_face
+
+
+def test_psnr_and_ssim_on_known_images():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    assert M.psnr(img, img) == math.inf and M.ssim(img, img) == pytest.approx(1.0)
+    brighter = np.clip(img.astype(int) + 10, 0, 255)
+    mse = np.mean((brighter - img) ** 2)
+    assert M.psnr(img, brighter) == pytest.approx(10 * np.log10(255**2 / mse))
+    noisy = np.clip(img + rng.normal(0, 40, img.shape), 0, 255)
+    assert 0 < M.ssim(img, noisy) < 0.9 and M.ssim(img, brighter) > M.ssim(img, noisy)
+
+
+def test_mouth_distance_and_opening():
+    face = np.repeat(synthetic_face(np.random.default_rng(0))[None], 10, 0)
+    shifted = face.copy()
+    shifted[:, M.MOUTH, :2] += [3.0, 4.0]  # every mouth point moved by 5 units
+    assert M.mouth_lmd(face, face, 2.0) == 0
+    assert M.mouth_lmd(shifted, face, 2.0) == pytest.approx(10.0)  # 5 units x 2 px per unit
+    opening = M.mouth_opening(face)
+    assert np.allclose(opening, np.linalg.norm(face[0, 62] - face[0, 59]))
+
+
+def test_mouth_scores_identical_and_moving():
+    face = np.repeat(synthetic_face(np.random.default_rng(0))[None], 50, 0)
+    face[:, 59:61, 1] -= 0.05 * np.sin(np.arange(50) / 3)[:, None]
+    same = mouth_scores(face, face, 1.0)
+    assert same["m_lmd_px"] == pytest.approx(0, abs=1e-9) and same["opening_correlation"] == pytest.approx(1.0)
+    still = face.copy()
+    still[:, 59:61] = face[0, 59:61]
+    assert mouth_scores(still, face, 1.0)["m_lmd_px"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_quickstart_tiny_profile(tmp_path, landmarker):
+    dirs = ["--checkpoints_dir", str(tmp_path / "ckpt"), "--results_dir", str(tmp_path / "results"),
+            "--data_root", str(tmp_path / "data"), "--config_dir", str(tmp_path / "config")]
+    assert load_script("quickstart").main(["--profile", "tiny", *dirs]) == 0
+    out = tmp_path / "results" / "example"
+    report = (out / "report.html").read_text()
+    assert "side_by_side.mp4" in report and "Skipped metrics" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    for value in (metrics["renderer"]["psnr_db"], metrics["renderer"]["ssim"], metrics["audio_to_mouth"]["m_lmd_px"],
+                  metrics["speed"]["render_fps"]):
+        assert math.isfinite(value)
+    assert (out / "eng_12s" / "eng_12s.mp4").is_file() and (out / "side_by_side.mp4").is_file()
+    again = load_script("quickstart").main(["--profile", "tiny", *dirs])  # resumes: reuses everything trained
+    assert again == 0

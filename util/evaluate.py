@@ -1,0 +1,168 @@
+"""Evaluation of a trained identity on its held-out tail (and on other speech), as numbers and a report.
+
+* renderer fidelity: tracked landmarks and shoulders -> Feature2Face, PSNR / SSIM against the real crops;
+* audio to mouth: predicted pose-free mouth vs the tracked one, M-LMD (pixels of a 512 crop) and the
+  correlation of mouth opening over time;
+* end to end: the rendered video is tracked with the same face tracker and its mouth compared with
+  the real tracks, so lip sync is measured on pixels, not only on our own landmarks;
+* head pose: statistics of sampled poses against the real ones;
+* speed: frames/s of each inference stage in this run.
+Metrics that need weights we cannot obtain here (SyncNet LSE-C/D, LPIPS, FID) are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from models.pipeline import PortraitPipeline
+from util import metrics as M
+from util.audio import load_audio
+from util.face_tracker import FaceTracker, ensure_landmarker
+from util.tracks import fill_gaps, lsp_geometry, resample
+from util.video import VideoReader
+
+log = logging.getLogger("lsp")
+SKIPPED = {
+    "LSE-C / LSE-D (SyncNet)": "needs the SyncNet weights (syncnet_v2.model), which cannot be downloaded here",
+    "LPIPS": "needs ImageNet-trained AlexNet/VGG and LPIPS weights, which cannot be downloaded here",
+    "FID": "needs InceptionV3 ImageNet weights, which cannot be downloaded here",
+}
+
+
+def face_width(pts: np.ndarray) -> np.ndarray:
+    """Contour width (point 0 to 14) per frame of (N, 73, D) landmarks."""
+    return np.linalg.norm(pts[:, 14] - pts[:, 0], axis=-1)
+
+
+def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: int = 4) -> tuple[dict, list]:
+    """PSNR / SSIM of frames rendered from the tracked landmarks against the real crops."""
+    idx = np.flatnonzero(tracks["valid"])
+    scores, samples, times = [], [], []
+    for start in range(0, len(idx), batch):
+        sel = idx[start : start + batch]
+        maps = pipe.renderer.feature_maps(tracks["pts2d"][sel], tracks["shoulders2d"][sel])
+        t = time.perf_counter()
+        fakes = pipe.renderer(maps)
+        times.append((time.perf_counter() - t) / len(sel))
+        for j, fake, fmap in zip(sel, fakes, maps):
+            real = cv2.cvtColor(cv2.imread(str(clip / "frames" / f"{j:06d}.jpg")), cv2.COLOR_BGR2RGB)
+            scores.append((M.psnr(fake, real), M.ssim(fake, real)))
+            if len(samples) < 4 and j % max(1, len(idx) // 4) == 0:
+                samples.append(np.concatenate([real, fake, np.repeat(fmap[..., None], 3, 2)], 1))
+    s = np.array(scores)
+    return {"psnr_db": float(s[:, 0].mean()), "ssim": float(s[:, 1].mean()), "frames": len(s),
+            "render_ms_per_frame": 1000 * float(np.median(times))}, samples
+
+
+def track_video(path: Path) -> tuple[np.ndarray, float]:
+    """Pose-free landmarks (N, 73, 3) of a rendered video, tracked with the preprocessing tracker."""
+    reader = VideoReader(path)
+    lms, mats, valid = [], [], []
+    with FaceTracker(ensure_landmarker(), reader.fps) as tracker:
+        for rgb in reader:
+            obs = tracker.track(rgb)
+            valid.append(obs is not None)
+            lms.append(obs.landmarks if obs else np.zeros((478, 3), np.float32))
+            mats.append(obs.matrix if obs else np.eye(4))
+    valid = np.array(valid)
+    if not valid.any():
+        return np.zeros((0, 73, 3)), reader.fps
+    geo = lsp_geometry(np.stack(lms), np.stack(mats), reader.width, reader.height)
+    return fill_gaps(geo.pts3d, valid), reader.fps
+
+
+def mouth_scores(pred: np.ndarray, real: np.ndarray, px_per_unit: float) -> dict:
+    """M-LMD and opening correlation of two pose-free sequences; each is scaled to the real face width."""
+    n = min(len(pred), len(real))
+    pred = pred[:n] * (face_width(real).mean() / face_width(pred[:n]).mean())
+    pred = pred - pred[:, M.MOUTH].mean((0, 1)) + real[:n, M.MOUTH].mean((0, 1))  # same mouth position
+    return {"m_lmd_px": M.mouth_lmd(pred, real[:n], px_per_unit),
+            "opening_correlation": M.correlation(M.mouth_opening(pred), M.mouth_opening(real[:n])), "frames": n}
+
+
+def audio_envelope(audio: np.ndarray, fps: float, n: int, sample_rate: int = 16000) -> np.ndarray:
+    """RMS loudness per video frame (n,)."""
+    hop = sample_rate / fps
+    return np.array([np.sqrt(np.mean(audio[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(n)])
+
+
+def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: dict[str, Path], device: str,
+                      timings: dict, speech_dir: Path | None = None) -> Path:
+    """Evaluate data/<identity> with its trained networks; writes metrics.json and report.html in out_dir."""
+    from util.report import write_report
+
+    pipe = PortraitPipeline.from_identity(identity, device, config_dir)
+    root = pipe.assets.root
+    meta = json.loads((root / "meta.json").read_text())
+    val = next(c["name"] for c in meta["clips"] if c["split"] == "val")
+    clip = root / "clips" / val
+    with np.load(clip / "tracks.npz") as d:
+        src = {k: d[k] for k in d.files}
+    with np.load(clip / f"tracks_{pipe.fps:g}fps.npz") as d:
+        real = {k: d[k] for k in d.files}
+    px_per_unit = float((face_width(real["pts2d"]) / face_width(real["pts3d"])).mean()) \
+        * M.CROP_REFERENCE / pipe.assets.image_size[0]
+    results: dict = {"identity": identity, "heldout_clip": val, "heldout_seconds": len(src["rot"]) / float(src["fps"])}
+    fidelity, samples = renderer_fidelity(pipe, clip, src)
+    results["renderer"] = fidelity
+    audio = load_audio(clip / "audio.wav")
+    speed = {}
+    t = time.perf_counter()
+    pred = pipe.predict(audio, seed=0)
+    speed["audio_side_fps"] = pred.n_frames / (time.perf_counter() - t)
+    speed["render_fps"] = 1000 / fidelity["render_ms_per_frame"]
+    results["audio_to_mouth"] = mouth_scores(pred.face3d, real["pts3d"], px_per_unit)
+    rendered = out_dir / driving["heldout"].stem / f"{driving['heldout'].stem}.mp4"
+    tracked, _ = track_video(rendered)
+    results["end_to_end"] = mouth_scores(tracked, real["pts3d"], px_per_unit) if len(tracked) else {}
+    results["head_pose"] = {"sampled": M.pose_statistics(pred.rotation, pred.translation, pipe.fps),
+                            "real": M.pose_statistics(real["rot"], real["trans"], pipe.fps)}
+    env = audio_envelope(audio, pipe.fps, pred.n_frames)
+    results["mouth_vs_loudness"] = {"predicted": M.correlation(M.mouth_opening(pred.face3d), env),
+                                    "real": M.correlation(M.mouth_opening(real["pts3d"]), env)}
+    other = load_audio(driving["other_speaker"])
+    pred_other = pipe.predict(other, seed=0)
+    results["other_speaker"] = {
+        "audio": str(driving["other_speaker"]), "seconds": len(other) / 16000,
+        "head_pose": M.pose_statistics(pred_other.rotation, pred_other.translation, pipe.fps),
+        "mouth_vs_loudness": M.correlation(M.mouth_opening(pred_other.face3d),
+                                           audio_envelope(other, pipe.fps, pred_other.n_frames))}
+    results["speed"] = {**speed, **{k: round(v, 1) for k, v in timings.items()}}
+    results["skipped_metrics"] = SKIPPED
+    results["training"] = _training_summary(pipe.cfg, speech_dir)
+    series = {"real": M.mouth_opening(real["pts3d"]), "predicted": M.mouth_opening(pred.face3d),
+              "rendered, tracked": M.mouth_opening(tracked) if len(tracked) else None}
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    return write_report(out_dir, results, samples, series, pred, real, src, clip, rendered, driving, pipe.fps)
+
+
+def _training_summary(cfg: dict, speech_dir: Path | None) -> dict:
+    """Iterations and sizes of the networks the config points at; how much speech APC saw."""
+    from util.identity import resolve
+
+    out = {}
+    for section in ("APC", "Audio2Mouth", "Headpose", "Image2Image"):
+        path = resolve(cfg, cfg["model_params"][section]["ckp_path"])
+        state = path.with_name(path.name.split("_net_")[0] + "_state.pth")
+        info = {"checkpoint": str(path)}
+        if state.is_file():
+            info["iterations"] = int(torch.load(state, map_location="cpu", weights_only=False)["total_iters"])
+        out[section] = info
+    if speech_dir is not None and Path(speech_dir).is_dir():
+        import soundfile as sf
+
+        files = [f for f in Path(speech_dir).rglob("*") if f.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3")]
+        out["apc_speech"] = {"files": len(files), "minutes": sum(sf.info(str(f)).duration for f in files) / 60}
+    return out
+
+
+def resample_to(values: np.ndarray, n: int) -> np.ndarray:
+    """Stretch a series to n samples (for plots of series at different rates)."""
+    return resample(values, len(values), n) if len(values) else values
