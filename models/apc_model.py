@@ -66,7 +66,7 @@ class APCModel(BaseModel):
         self.mel_pred = spectrogram_image(self.pred[0, :-n])
 
     def current_metrics(self) -> dict[str, float]:
-        return {"L1": float(self.compute_loss())}
+        return {"L1": float(self.compute_loss().detach())}
 
     def compute_loss(self) -> torch.Tensor:
         n = self.opt.time_shift

@@ -86,7 +86,7 @@ class Audio2FeatureModel(BaseModel):
         """Mouth landmark distance (mean over the 25 points, landmark units) and the L2 loss."""
         pred, target = self.aligned()
         dist = (pred.float() - target).reshape(*pred.shape[:2], -1, 3).norm(dim=-1).mean()
-        return {"mouth_lmd": float(dist), "L2": float(self.compute_loss())}
+        return {"mouth_lmd": float(dist), "L2": float(self.compute_loss().detach())}
 
     def optimize_parameters(self) -> None:
         self.step_single_optimizer()
