@@ -2,36 +2,107 @@
 
 Writes results/<id>/<audio name>/<audio name>.mp4 (H.264 + AAC at the model fps), the feature-map
 video beside it, and <audio name>.npz with the predicted landmarks, head poses and shoulders.
+Live: --stream (the file paced as if it arrived in real time, latency printed) or --mic.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
-    """Run the demo for parsed options; returns the paths written. Raises InputError on bad input."""
+    """Run the demo for parsed options; returns the paths written (and live statistics)."""
     from models.pipeline import PortraitPipeline, load_pose_file
     from options.common import save_options
     from util.audio import load_audio
     from util.errors import InputError
 
-    name = opt.driving_audio.stem
+    name = "mic" if opt.mic else opt.driving_audio.stem
     out_dir = opt.results_dir / opt.id / name
     if out_dir.exists() and any(out_dir.iterdir()) and not opt.overwrite:
         raise InputError(f"results folder {out_dir} already exists; pass --overwrite to replace the demo's files "
                          "in it, or choose another --results_dir")
-    pipeline = PortraitPipeline.from_identity(opt.id, opt.device, opt.config_dir)
-    audio = load_audio(opt.driving_audio, pipeline.sample_rate, what="--driving_audio")
-    poses = None
-    if opt.pose_file is not None:
-        poses = load_pose_file(opt.pose_file, pipeline.check_audio(audio, str(opt.driving_audio)))
-    pred = pipeline.predict(audio, str(opt.driving_audio), seed=opt.seed, sigma_scale=opt.sigma_scale, poses=poses)
-    paths = pipeline.write(pred, audio, out_dir, name, opt.batch_size, opt.save_intermediates)
+    pipeline = PortraitPipeline.from_identity(opt.id, opt.device, opt.config_dir, opt.backend)
+    if opt.mic:
+        paths = live(pipeline, opt, out_dir, name, record_mic(pipeline.sample_rate, opt.mic_seconds))
+    else:
+        audio = load_audio(opt.driving_audio, pipeline.sample_rate, what="--driving_audio")
+        poses = None
+        if opt.pose_file is not None:
+            poses = load_pose_file(opt.pose_file, pipeline.check_audio(audio, str(opt.driving_audio)))
+        if opt.stream:
+            pipeline.check_audio(audio, str(opt.driving_audio))
+            paths = live(pipeline, opt, out_dir, name, audio, poses)
+        else:
+            pred = pipeline.predict(audio, str(opt.driving_audio), seed=opt.seed, sigma_scale=opt.sigma_scale,
+                                    poses=poses)
+            paths = pipeline.write(pred, audio, out_dir, name, opt.batch_size, opt.save_intermediates)
     if parser is not None:
         save_options(opt, parser, out_dir, "demo")
     return paths
+
+
+def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, poses=None) -> dict:  # noqa: ANN001
+    """Stream `audio` (an array, paced as if live, or an iterator of microphone chunks) into a video."""
+    import numpy as np
+
+    from models.streaming import StreamingSession, paced_chunks, run_live
+    from util.video import VideoWriter, mux_audio
+
+    fixed = None
+    if poses is not None:
+        fixed = lambda start, m: (poses[0][start : start + m], poses[1][start : start + m])  # noqa: E731
+    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size, opt.frame_step, fixed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = out_dir / f"{name}.mp4"
+    recorded: list[np.ndarray] = []
+    if isinstance(audio, np.ndarray):
+        chunks = paced_chunks(audio, opt.chunk_ms / 1000, pipeline.sample_rate)
+    else:
+        chunks = (recorded.append(c) or c for c in audio)  # keep the microphone's audio for the video
+    writer = VideoWriter(video, pipeline.fps / opt.frame_step, pipeline.assets.image_size,
+                         audio if isinstance(audio, np.ndarray) else None, pipeline.sample_rate)
+    try:
+        stats = run_live(session, chunks, pipeline.sample_rate, on_frame=lambda f: writer.write(f.rgb))
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    if recorded:
+        mux_audio(video, np.concatenate(recorded), pipeline.sample_rate)
+    summary = {k: round(v, 2) for k, v in stats.summary().items()}
+    print(f"live: {stats.frames} frames, latency p50 {summary['stream_latency_ms_p50']} ms, p95 "
+          f"{summary['stream_latency_ms_p95']} ms, {summary['stream_fps']} frames/s, real-time factor "
+          f"{summary['real_time_factor']}")
+    return {"video": video, **summary}
+
+
+def record_mic(sample_rate: int, seconds: float):  # noqa: ANN201 - an iterator of float32 chunks
+    """Chunks from the default input device (sounddevice / PortAudio), until Ctrl-C or `seconds`."""
+    from util.errors import InputError
+
+    try:
+        import sounddevice as sd
+
+        sd.check_input_settings(samplerate=sample_rate, channels=1)
+    except Exception as err:  # no PortAudio, no device, or an unsupported rate
+        raise InputError(f"--mic: no usable sound input device ({type(err).__name__}: {err})") from err
+
+    def chunks():
+        block = int(sample_rate * 0.02)
+        got = 0
+        with sd.InputStream(samplerate=sample_rate, channels=1, dtype="float32", blocksize=block) as stream:
+            try:
+                while seconds <= 0 or got < seconds * sample_rate:
+                    data, _ = stream.read(block)
+                    got += len(data)
+                    yield data[:, 0].copy()
+            except KeyboardInterrupt:
+                return
+
+    return chunks()
 
 
 def cli(args: list[str] | None = None) -> int:

@@ -30,17 +30,25 @@ from models.networks import (
     Feature2FaceG,
     Feature2FaceGConfig,
 )
-from models.networks.audio2headpose import generate_headpose
-from util import postprocess
-from util.audio import MEL_PER_VIDEO_FRAME, LogMel, MelConfig
+from models.streaming import AudioSideStream
+from util.audio import LogMel, MelConfig
 from util.checkpoint import load_network
 from util.errors import InputError
-from util.geometry import project, project_landmarks, shoulder_points
 from util.identity import IdentityAssets, load_config, resolve
 from util.landmarks import feature_map
 from util.manifold import FeatureDatabase, project_to_manifold
 
 log = logging.getLogger("lsp")
+OFFLINE_CHUNK_SECONDS = 10.0  # audio fed to the streams at a time by predict()
+DEFAULT_SMOOTH_LOOKAHEAD = 2  # frames the mouth smoothing may look ahead (latency = 18 + this frames)
+
+
+def onnx_renderer_path(cfg: dict) -> Path:
+    """Config Image2Image.onnx_path, or the renderer checkpoint's path with the suffix .onnx."""
+    i2i = cfg["model_params"]["Image2Image"]
+    if i2i.get("onnx_path"):
+        return resolve(cfg, i2i["onnx_path"])
+    return resolve(cfg, i2i["ckp_path"]).with_suffix(".onnx")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,11 +65,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"--device {name}: expected cpu, cuda or cuda:N")
     return device
-
-
-def _pad_end(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """Append `frames` copies of the last row (the original's end padding, LSP §1.5)."""
-    return torch.cat([x, x[-1:].expand(frames, -1)]) if frames > 0 else x
 
 
 class AudioEncoder:
@@ -83,27 +86,18 @@ class AudioEncoder:
 
 
 class MouthPredictor:
-    """APC features -> post-processed pose-free face shape with the predicted mouth (N, 73, 3)."""
+    """Audio2Feature and the mouth post-processing settings of an identity (run by MouthStream)."""
 
     def __init__(self, net: Audio2FeatureNet, frame_future: int, assets: IdentityAssets, params: dict,
                  device: torch.device) -> None:
         self.net, self.frame_future, self.assets, self.device = net.to(device), frame_future, assets, device
         self.sigma, self.amp = float(params["smooth"]), list(params["AMP"])
+        self.smooth_lookahead = int(params.get("smooth_lookahead", DEFAULT_SMOOTH_LOOKAHEAD))
         self.use_jaw = bool(params.get("use_jaw", True))
-
-    @torch.no_grad()
-    def __call__(self, apc: torch.Tensor, n_frames: int) -> np.ndarray:
-        ff = self.frame_future
-        x = _pad_end(apc[: MEL_PER_VIDEO_FRAME * n_frames], MEL_PER_VIDEO_FRAME * ff).to(self.device)
-        out, _ = self.net(x[None])  # (1, N + ff, 75): the output for frame t is read at step t + ff
-        disp = out[0, ff : ff + n_frames].cpu().double().numpy()
-        mouth = postprocess.mouth_landmarks(disp, self.assets.mean_pts3d, self.sigma, self.amp)
-        base = self.assets.tracked_pts3d.mean(0)  # the release's std_mean_pts3d
-        return postprocess.assemble_face(mouth, base, self.assets.tracked_pts3d, self.use_jaw)
 
 
 class HeadPosePredictor:
-    """APC features -> sampled head rotation (N, 3) in degrees and translation (N, 3)."""
+    """Audio2Headpose and the pose post-processing settings of an identity (run by PoseStream)."""
 
     def __init__(self, net: Audio2HeadposeNet, frame_future: int, assets: IdentityAssets, params: dict,
                  device: torch.device) -> None:
@@ -111,29 +105,28 @@ class HeadPosePredictor:
         self.gains = [float(g) for g in params["AMP"]]
         self.sigmas = [float(s) for s in params["smooth"]]
 
-    def __call__(self, apc: torch.Tensor, n_frames: int, sigma_scale: float,
-                 generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns rotation (N, 3), translation (N, 3) and the raw samples (N, ndim)."""
-        cfg, ff = self.net.cfg, self.frame_future
-        pairs = _pad_end(apc[: MEL_PER_VIDEO_FRAME * n_frames], MEL_PER_VIDEO_FRAME * ff)
-        pairs = pairs.reshape(n_frames + ff, -1).to(self.device)
-        noise = torch.randn(n_frames, cfg.ndim, generator=generator)
-        uniform = torch.rand(n_frames, generator=generator)
-        raw = generate_headpose(self.net, pairs, n_frames, ff, noise, uniform, sigma_scale).double().numpy()
-        rot, trans = postprocess.headpose(raw, self.gains, self.sigmas, self.assets.mean_trans)
-        return rot, trans, raw
-
 
 class FaceRenderer:
-    """2D landmarks and shoulders -> feature maps -> RGB frames with Feature2Face."""
+    """2D landmarks and shoulders -> feature maps -> RGB frames with Feature2Face.
 
-    def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device) -> None:
-        self.net, self.size, self.device = net.to(device), assets.image_size, device
+    Backends: torch (eager; on CUDA with channels-last memory and fp16/bf16 autocast), or onnx
+    (onnxruntime on the CPU, from the file scripts/export_onnx.py writes).
+    """
+
+    def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device, backend: str = "torch",
+                 onnx_path: Path | None = None, half: bool = True) -> None:
+        self.net, self.size, self.device, self.backend = net.to(device), assets.image_size, device, backend
         cand = torch.from_numpy(assets.candidates).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # (4, 3, H, W)
         self.candidates = cand.reshape(1, -1, *self.size).to(device)  # (1, 12, H, W) in [-1, 1]
         if self.net.cfg.input_nc != 1 + self.candidates.shape[1]:
             raise InputError(f"Feature2Face expects {self.net.cfg.input_nc} input channels, but a feature map "
                              f"and 4 candidates make {1 + self.candidates.shape[1]}")
+        self.autocast = half and device.type == "cuda"
+        if device.type == "cuda":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.session = None
+        if backend == "onnx":
+            self.session = _onnx_session(onnx_path)
 
     def feature_maps(self, face2d: np.ndarray, shoulders2d: np.ndarray) -> np.ndarray:
         """(B, 73, 2) and (B, 18, 2) pixel coordinates -> (B, H, W) uint8 line drawings."""
@@ -144,9 +137,31 @@ class FaceRenderer:
         """(B, H, W) uint8 feature maps -> (B, H, W, 3) uint8 RGB frames."""
         fmap = torch.from_numpy(maps).to(self.device).float()[:, None] / 255  # (B, 1, H, W) in {0, 1}
         x = torch.cat([fmap, self.candidates.expand(len(maps), -1, -1, -1)], 1)
-        out = self.net(x)  # (B, 3, H, W) in [-1, 1]
-        img = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        if self.session is not None:
+            out = torch.from_numpy(self.session.run(None, {"input": x.cpu().numpy()})[0])
+        else:
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            dtype = torch.bfloat16 if self.autocast and torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast):
+                out = self.net(x)  # (B, 3, H, W) in [-1, 1]
+        img = ((out.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _onnx_session(path: Path | None):
+    from util.errors import require_file
+
+    if path is None:
+        raise InputError("--backend onnx: no ONNX renderer path (config Image2Image.onnx_path)")
+    require_file(path, "ONNX renderer (make it with: python scripts/export_onnx.py --id <id>)")
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise InputError("--backend onnx needs onnxruntime: pip install -r requirements.txt") from err
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -182,7 +197,7 @@ class PortraitPipeline:
 
     @classmethod
     def from_identity(cls, identity: str, device: str | torch.device = "cpu",
-                      config_dir: str | Path | None = None) -> PortraitPipeline:
+                      config_dir: str | Path | None = None, backend: str = "torch") -> PortraitPipeline:
         """Load config/<identity>.yaml, data/<identity>/ and the four checkpoints it names."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         cfg = load_config(identity, config_dir)
@@ -205,12 +220,12 @@ class PortraitPipeline:
         netg, _, _ = load_network(resolve(cfg, mp["Image2Image"]["ckp_path"]), "Feature2Face", Feature2FaceG,
                                   Feature2FaceGConfig, g_default, "Feature2Face checkpoint",
                                   strip=("module.", "netG."))
-        return cls.build(cfg, assets, apc, a2f, a2h, netg, device, a2f_meta, a2h_meta)
+        return cls.build(cfg, assets, apc, a2f, a2h, netg, device, a2f_meta, a2h_meta, backend)
 
     @classmethod
     def build(cls, cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet, a2h: Audio2HeadposeNet,
               netg: Feature2FaceG, device: torch.device, a2f_meta: dict | None = None,
-              a2h_meta: dict | None = None) -> PortraitPipeline:
+              a2h_meta: dict | None = None, backend: str = "torch") -> PortraitPipeline:
         """Chain loaded networks; the metas (fps, lookahead) override the config's defaults."""
         mp, a2f_meta, a2h_meta = cfg["model_params"], a2f_meta or {}, a2h_meta or {}
         fps = float(a2f_meta.get("fps", cfg.get("fps", 60)))
@@ -226,7 +241,8 @@ class PortraitPipeline:
                                assets, mp["Audio2Mouth"], device)
         pose = HeadPosePredictor(a2h, int(a2h_meta.get("frame_future", mp["Headpose"]["frame_future"])),
                                  assets, mp["Headpose"], device)
-        return cls(cfg, assets, encoder, mouth, pose, FaceRenderer(netg, assets, device), fps)
+        renderer = FaceRenderer(netg, assets, device, backend, onnx_renderer_path(cfg))
+        return cls(cfg, assets, encoder, mouth, pose, renderer, fps)
 
     def check_audio(self, audio: np.ndarray, name: str) -> int:
         """Number of video frames of `audio`; an InputError when it is shorter than the lookahead."""
@@ -237,26 +253,30 @@ class PortraitPipeline:
                              f"the models' lookahead + 1)")
         return n
 
+    def stream(self, seed: int = 0, sigma_scale: float | None = None, poses=None) -> AudioSideStream:  # noqa: ANN001
+        """A live audio side: push samples, get final frames as the lookahead allows (models/streaming.py)."""
+        return AudioSideStream(self, seed, sigma_scale, poses)
+
     def predict(self, audio: np.ndarray, name: str = "audio", seed: int = 0, sigma_scale: float | None = None,
                 poses: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
-        """Run the audio side: features, mouth, head pose (sampled, or given), projection to 2D."""
+        """The audio side over a whole clip: the streams fed in OFFLINE_CHUNK pieces, so memory stays
+        bounded and the result equals a live session's."""
         n = self.check_audio(audio, name)
-        apc = self.encoder(audio)
-        face3d = self.mouth(apc, n)
-        extras = {"apc_features": apc.numpy()}
-        if poses is None:
-            scale = float(self.cfg["model_params"]["Headpose"]["sigma"]) if sigma_scale is None else sigma_scale
-            gen = torch.Generator().manual_seed(seed)
-            rot, trans, raw = self.headpose(apc, n, scale, gen)
-            extras["headpose_samples"] = raw
-        else:
+        fixed = None
+        if poses is not None:
             rot, trans = poses
-        a = self.assets
-        face2d = project_landmarks(face3d, rot, trans, a.scale, a.intrinsic)
-        shoulders = shoulder_points(a.shoulders3d, a.ref_trans, trans,
-                                    float(self.cfg["model_params"]["Headpose"]["shoulder_AMP"]))
-        shoulders2d = project(shoulders, a.intrinsic) + a.shoulder_offset
-        return Prediction(n, self.fps, face3d, rot, trans, face2d, shoulders2d, extras)
+            fixed = lambda start, m: (rot[start : start + m], trans[start : start + m])  # noqa: E731
+        stream = self.stream(seed, sigma_scale, fixed)
+        step = int(OFFLINE_CHUNK_SECONDS * self.sample_rate)
+        batches = [stream.push(audio[i : i + step]) for i in range(0, len(audio), step)]
+        batches.append(stream.finish()[0])
+        batches = [b for b in batches if b is not None]
+        cat = {k: np.concatenate([getattr(b, k) for b in batches])
+               for k in ("face3d", "rotation", "translation", "face2d", "shoulders2d", "raw_pose")}
+        assert len(cat["face3d"]) == n, (len(cat["face3d"]), n)
+        extras = {"headpose_samples": cat["raw_pose"]} if poses is None else {}
+        return Prediction(n, self.fps, cat["face3d"], cat["rotation"], cat["translation"], cat["face2d"],
+                          cat["shoulders2d"], extras)
 
     def render(self, pred: Prediction, batch_size: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (RGB frame (H, W, 3), feature map (H, W)) for every frame of `pred`."""

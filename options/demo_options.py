@@ -14,7 +14,7 @@ class DemoOptions:
     def initialize(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument("--id", type=str, required=True,
                             help="identity: reads config/<id>.yaml and the data/<id>/ folder it points at")
-        parser.add_argument("--driving_audio", type=Path, required=True,
+        parser.add_argument("--driving_audio", type=Path, default=None,
                             help="speech to drive the portrait: wav/flac/mp3/ogg/m4a/mp4, any rate, mono or stereo")
         parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda or cuda:N")
         parser.add_argument("--seed", type=int, default=0, help="seed of the head-motion sampling")
@@ -34,6 +34,19 @@ class DemoOptions:
         parser.add_argument("--batch_size", type=positive_int, default=1, help="frames rendered per network call")
         parser.add_argument("--overwrite", action="store_true",
                             help="write into an existing results folder, replacing the files this demo makes")
+        parser.add_argument("--backend", type=str, default="torch", choices=("torch", "onnx"),
+                            help="renderer backend; onnx runs the file scripts/export_onnx.py writes on the CPU")
+        parser.add_argument("--stream", action="store_true",
+                            help="live mode: feed the audio paced as if it arrived in real time, render frames as "
+                                 "soon as the lookahead allows, and print the latency")
+        parser.add_argument("--mic", action="store_true",
+                            help="live mode from the default microphone (needs a sound device); Ctrl-C stops")
+        parser.add_argument("--mic_seconds", type=non_negative_float, default=0.0,
+                            help="with --mic: stop after this many seconds (0 = until Ctrl-C)")
+        parser.add_argument("--chunk_ms", type=non_negative_float, default=20.0,
+                            help="live modes: audio arrives in chunks of this many milliseconds")
+        parser.add_argument("--frame_step", type=positive_int, default=1,
+                            help="render every n-th model frame (2 = 30 fps from a 60 fps model) to keep up live")
         parser.add_argument("--verbose", action="store_true", help="log more")
         return parser
 
@@ -42,6 +55,8 @@ class DemoOptions:
             description="Drive a trained Live Speech Portraits identity with speech.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter))
         opt = parser.parse_args(args)
+        if opt.driving_audio is None and not opt.mic:
+            parser.error("the following arguments are required: --driving_audio (unless --mic)")
         self.parser = parser
         log_non_defaults(opt, parser)
         return opt

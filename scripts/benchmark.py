@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median reported)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--device", type=str, default="cpu", help="cpu or cuda")
+    p.add_argument("--onnx", action="store_true", help="also time the renderer exported to onnxruntime")
+    p.add_argument("--stream_seconds", type=float, default=0.0,
+                   help="also run a live session on this much audio, paced in real time (latency, stream fps)")
+    p.add_argument("--chunk_ms", type=float, default=20.0, help="live session: audio chunk length")
+    p.add_argument("--frame_step", type=int, default=1, help="live session: render every n-th frame")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -100,8 +105,8 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     import torch
 
     from models.networks.audio2headpose import generate_headpose_full
-    from util import postprocess
-    from util.audio import MEL_PER_VIDEO_FRAME, load_audio, log_mel_framewise
+    from models.streaming import MouthStream, PairBuffer, PoseStream
+    from util.audio import load_audio, log_mel_framewise
     from util.geometry import project, project_landmarks, shoulder_points
     from util.manifold import project_to_manifold
 
@@ -116,9 +121,21 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     with torch.no_grad():
         raw = enc.apc(mel_t)[0][0].cpu()
     apc = project_to_manifold(raw, enc.database, enc.knear, enc.blend) if enc.database is not None else raw
-    gen = torch.Generator().manual_seed(0)
-    face3d = pipe.mouth(apc, n)
-    rot, trans, _ = pipe.headpose(apc, n, 0.3, gen)
+    pairs_all = apc.reshape(n, -1)
+
+    def mouth() -> np.ndarray:
+        buf, stream = PairBuffer(), MouthStream(pipe.mouth)
+        out = [stream.push(buf.push(apc)).face3d]
+        return np.concatenate([*out, stream.finish(buf, n).face3d])
+
+    def pose() -> tuple[np.ndarray, np.ndarray]:
+        buf, stream = PairBuffer(), PoseStream(pipe.headpose, 0, 0.3)
+        a_out, b_out = stream.push(buf.push(apc)), None
+        b_out = stream.finish(buf, n)
+        return np.concatenate([a_out[0], b_out[0]]), np.concatenate([a_out[1], b_out[1]])
+
+    face3d = mouth()
+    rot, trans = pose()
     a = pipe.assets
     timings: dict[str, tuple[float, int]] = {}
 
@@ -129,18 +146,17 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     stage("apc", lambda: torch.no_grad()(enc.apc)(mel_t), n)
     if enc.database is not None:
         stage("manifold", lambda: project_to_manifold(raw, enc.database, enc.knear, enc.blend), n)
-    stage("audio2feature", lambda: pipe.mouth(apc, n), n)
-    stage("audio2headpose", lambda: pipe.headpose(apc, n, 0.3, torch.Generator().manual_seed(0)), n)
+    stage("audio2feature", mouth, n)
+    stage("audio2headpose", pose, n)
     stage("projection", lambda: (project_landmarks(face3d, rot, trans, a.scale, a.intrinsic),
                                  project(shoulder_points(a.shoulders3d, a.ref_trans, trans, 0.5), a.intrinsic)), n)
     m = min(args.reference_frames, n)
     ff = pipe.headpose.frame_future
-    pairs = apc[: MEL_PER_VIDEO_FRAME * (m + ff)].reshape(m + ff, -1).to(dev)
+    pairs = pairs_all[: m + ff].to(dev)
     noise, uni = torch.randn(m, pipe.headpose.net.cfg.ndim), torch.rand(m)
 
     def reference_pose() -> None:
-        poses = generate_headpose_full(pipe.headpose.net, pairs, m, ff, noise, uni, 0.3).double().numpy()
-        postprocess.headpose(poses, pipe.headpose.gains, pipe.headpose.sigmas, a.mean_trans)
+        generate_headpose_full(pipe.headpose.net, pairs, m, ff, noise, uni, 0.3)
 
     stage("reference_mel", lambda: log_mel_framewise(audio, enc.mel.cfg), n)
     stage("reference_audio2headpose", reference_pose, m)
@@ -150,6 +166,10 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     maps = pipe.renderer.feature_maps(face2d, sh2d)
     stage("feature_map", lambda: pipe.renderer.feature_maps(face2d, sh2d), r)
     stage("render", lambda: [pipe.renderer(maps[i : i + args.batch_size]) for i in range(0, r, args.batch_size)], r)
+    if args.onnx:
+        onnx_renderer = onnx_copy(pipe)
+        stage("render_onnx", lambda: [onnx_renderer(maps[i : i + args.batch_size])
+                                      for i in range(0, r, args.batch_size)], r)
 
     ms = {k: 1000 * t / f for k, (t, f) in timings.items()}
     ours = sum(ms[k] for k in AUDIO_SIDE if k in ms)
@@ -160,6 +180,9 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
         "reference_audio_side_fps": round(1000 / reference, 1),
         "audio_side_speedup": round(reference / ours, 2),
         "render_fps": round(1000 / (ms["feature_map"] + ms["render"]), 3),
+        "offline_fps": round(1000 / (ours + ms["feature_map"] + ms["render"]), 3),
+        **({"onnx_render_fps": round(1000 / (ms["feature_map"] + ms["render_onnx"]), 3),
+            "onnx_speedup": round(ms["render"] / ms["render_onnx"], 2)} if args.onnx else {}),
         "setup": {"device": str(dev), "threads": torch.get_num_threads(), "seconds": args.seconds, "frames": n,
                   "fps": pipe.fps, "image_size": list(a.image_size), "generator": pipe.renderer.net.cfg.size,
                   "ngf": pipe.renderer.net.cfg.ngf, "database_frames": 0 if enc.database is None else
@@ -167,8 +190,40 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     }
 
 
+def onnx_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
+    """The pipeline's renderer exported to a temporary ONNX file and run by onnxruntime."""
+    import copy
+    import importlib.util
+    import warnings
+
+    from models.pipeline import _onnx_session
+
+    spec = importlib.util.spec_from_file_location("export_onnx", Path(__file__).resolve().parent / "export_onnx.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    path = Path(tempfile.mkdtemp()) / "renderer.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export.export_renderer(pipe, path)
+    renderer = copy.copy(pipe.renderer)
+    renderer.session = _onnx_session(path)
+    return renderer
+
+
+def stream(args: argparse.Namespace, pipe, audio) -> dict:  # noqa: ANN001
+    """A live session on `args.stream_seconds` of the audio, paced in real time: latency and throughput."""
+    from models.streaming import StreamingSession, paced_chunks, run_live
+
+    clip = audio[: int(args.stream_seconds * pipe.sample_rate)]
+    session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step)
+    stats = run_live(session, paced_chunks(clip, args.chunk_ms / 1000, pipe.sample_rate), pipe.sample_rate)
+    return {**{k: round(v, 2) for k, v in stats.summary().items()}, "stream_frames": stats.frames,
+            "stream_frame_step": args.frame_step, "stream_chunk_ms": args.chunk_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import numpy as np
     import torch
 
     from models.pipeline import PortraitPipeline
@@ -180,14 +235,21 @@ def main(argv: list[str] | None = None) -> int:
             pipe = (PortraitPipeline.from_identity(args.id, args.device, args.config_dir) if args.id
                     else random_pipeline(args, Path(tmp)))
             result = run(args, pipe)
+            if args.stream_seconds > 0:
+                from util.audio import load_audio
+
+                clip = load_audio(args.audio or Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
+                                  "speech_3s.wav", pipe.sample_rate)
+                result.update(stream(args, pipe, np.resize(clip, int(args.stream_seconds * pipe.sample_rate))))
     except InputError as err:
         print(f"benchmark.py: error: {err}", file=sys.stderr)
         return 2
     for name, v in result["stages"].items():
         print(f"{name:>26}: {v['ms_per_frame']:9.3f} ms/frame  ({1000 / v['ms_per_frame']:9.1f} fps, "
               f"{v['frames']} frames)")
-    for key in ("audio_side_fps", "reference_audio_side_fps", "audio_side_speedup", "render_fps"):
-        print(f"{key:>26}: {result[key]}")
+    for key, value in result.items():
+        if key not in ("stages", "setup"):
+            print(f"{key:>26}: {value}")
     print(f"{'setup':>26}: {json.dumps(result['setup'])}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

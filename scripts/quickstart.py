@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load(name: str):  # noqa: ANN202 - a sibling script as a module
+def _load(name: str):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import load_script
+
 from util import metrics as M
 from util.evaluate import mouth_scores
 from util.synthetic import synthetic_face

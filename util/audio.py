@@ -119,10 +119,13 @@ class LogMel:
         self.window = 0.5 - 0.5 * np.cos(2 * np.pi * n / win)  # periodic Hann
         self.basis = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
 
-    def clips(self, audio: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """The raw clips of mel frames start..stop-1, zero-padded past the end of `audio`: (F, win)."""
+    def clips(self, audio: np.ndarray, start: int, stop: int, offset: int = 0) -> np.ndarray:
+        """The raw clips of mel frames start..stop-1, zero-padded past the end of `audio`: (F, win).
+
+        `offset` is the absolute index of audio[0], for a buffer that holds only the stream's tail.
+        """
         win = self.cfg.win_length
-        offsets = (np.arange(start, stop) * self.cfg.hop).astype(np.int64)
+        offsets = (np.arange(start, stop) * self.cfg.hop).astype(np.int64) - offset
         idx = offsets[:, None] + np.arange(win)[None, :]
         padded = np.concatenate([audio, np.zeros(win, dtype=audio.dtype)]) if len(audio) else np.zeros(win)
         idx = np.minimum(idx, len(padded) - 1)

@@ -1,4 +1,4 @@
-"""Post-processing of predicted mouth landmarks and head poses (LSP §1.7-§1.8).
+"""Post-processing of predicted mouth landmarks (LSP §1.7-§1.8); smoothing is in util/smoothing.py.
 
 Two of the original's choices are fixed here (LSP §5), each behind a config switch:
 * the lip-intersection fix moves the outer lips of each flipped frame by that frame's own half-gap,
@@ -10,7 +10,6 @@ Two of the original's choices are fixed here (LSP §5), each behind a config swi
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from util.errors import InputError
 from util.landmarks import (
@@ -26,16 +25,8 @@ from util.landmarks import (
 )
 
 ROT_X_OFFSET = 180.0  # LSP §1.7 step 9: training stores rot_x wrapped to [0, 360) minus 180
-SMOOTH_TRUNCATE = 4.0  # scipy default; the kernel reaches 4 sigma to each side
 EYE_REPLAY_START = 10  # LSP §1.8: eye replay starts at training frame 10
 Y = 1  # the vertical axis of the 3D landmark space (pointing up)
-
-
-def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing along time (axis 0), mode 'reflect'; sigma in frames, 0 = unchanged."""
-    if sigma <= 0 or len(x) < 2:
-        return x
-    return gaussian_filter1d(x, sigma, axis=0, mode="reflect", truncate=SMOOTH_TRUNCATE)
 
 
 def amplify_lips(disp: np.ndarray, method: str, gains: list[float]) -> np.ndarray:
@@ -79,45 +70,23 @@ def fix_lip_intersection(pts: np.ndarray) -> np.ndarray:
     return out
 
 
-def mouth_landmarks(mouth_disp: np.ndarray, mean_pts3d: np.ndarray, sigma: float, amp: list) -> np.ndarray:
-    """Audio2Feature output (N, 75) -> smoothed, amplified, de-intersected (N, 73, 3) mouth shape.
+def mouth_faces(disp: np.ndarray, assets, base_pts3d: np.ndarray, amp: list, use_jaw: bool,  # noqa: ANN001
+                first_frame: int) -> np.ndarray:
+    """Smoothed mouth displacements (m, 25, 3) of frames first_frame.. -> full pose-free faces (m, 73, 3).
 
-    Only the 25 mouth points carry the prediction; the other points are the mean shape.
+    The 25 mouth points carry the prediction (lips amplified by `amp`, then de-intersected); the rest is
+    the mean of the tracked training landmarks, with the training video's eye motion (blinks) replayed
+    cyclically from its frame 10 on (LSP §1.7-§1.8). `assets` is the identity's IdentityAssets.
     """
-    disp = np.zeros((len(mouth_disp), NUM_POINTS, 3))
-    disp[:, MOUTH] = mouth_disp.reshape(len(mouth_disp), len(MOUTH), 3)
-    disp = amplify_lips(smooth(disp, sigma), str(amp[0]), [float(g) for g in amp[1:]])
-    return fix_lip_intersection(disp + mean_pts3d[None])
-
-
-def assemble_face(mouth: np.ndarray, base_pts3d: np.ndarray, tracked_pts3d: np.ndarray,
-                  use_jaw: bool = True) -> np.ndarray:
-    """Full pose-free face per frame: the mean face, predicted lips (and jaw), replayed eyes (LSP §1.8).
-
-    Args:
-        mouth: (N, 73, 3) from `mouth_landmarks`; base_pts3d: (73, 3) mean of the tracked training
-            landmarks; tracked_pts3d: (N_train, 73, 3), whose eye motion (blinks) is replayed cyclically.
-    """
-    n = len(mouth)
-    face = np.repeat(base_pts3d[None].astype(np.float64), n, 0)
+    m = len(disp)
+    full = np.zeros((m, NUM_POINTS, 3))
+    full[:, MOUTH] = disp
+    mouth = fix_lip_intersection(amplify_lips(full, str(amp[0]), [float(g) for g in amp[1:]]) + assets.mean_pts3d[None])
+    face = np.repeat(base_pts3d[None].astype(np.float64), m, 0)
     points = LIPS + JAW if use_jaw else LIPS
     face[:, points] = mouth[:, points]
-    start = EYE_REPLAY_START if len(tracked_pts3d) > EYE_REPLAY_START else 0
-    frames = start + np.arange(n) % (len(tracked_pts3d) - start)
-    face[:, EYES] = tracked_pts3d[frames][:, EYES]
+    tracked = assets.tracked_pts3d
+    start = EYE_REPLAY_START if len(tracked) > EYE_REPLAY_START else 0
+    frames = start + (first_frame + np.arange(m)) % (len(tracked) - start)
+    face[:, EYES] = tracked[frames][:, EYES]
     return face
-
-
-def headpose(pose: np.ndarray, gains: list[float], sigmas: list[float],
-             mean_trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sampled (N, >=6) normalised poses -> rotation (N, 3) degrees and translation (N, 3) (LSP §1.7).
-
-    Args:
-        gains: [rotation gain, translation gain] (`Headpose.AMP`); sigmas: [rotation, translation]
-            smoothing in frames (`Headpose.smooth`); mean_trans: (3,) mean training translation.
-    """
-    rot = smooth(pose[:, 0:3] * gains[0], sigmas[0])
-    trans = smooth(pose[:, 3:6] * gains[1], sigmas[1]) + mean_trans
-    rot = rot.copy()
-    rot[:, 0] += ROT_X_OFFSET
-    return rot, trans

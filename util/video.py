@@ -153,3 +153,23 @@ class VideoReader:
 
     def close(self) -> None:
         self._cap.release()
+
+
+def mux_audio(video: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Add mono float audio to a silent video in place (AAC; the video stream is copied)."""
+    import soundfile as sf
+
+    video = Path(video)
+    wav = video.with_suffix(".tmp.wav")
+    out = video.with_name(f".{video.stem}.mux{video.suffix}")
+    sf.write(wav, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+    try:
+        cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-i", str(video), "-i", str(wav), "-c:v", "copy",
+               "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest", "-movflags", "+faststart", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed adding audio to {video}: {proc.stderr.strip()[-300:]}")
+        os.replace(out, video)
+    finally:
+        wav.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)

@@ -108,6 +108,8 @@ class Feature2FaceG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 2**self.cfg.num_downs
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.model(x)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"Feature2Face input {tuple(x.shape[-2:])} must be divisible by {factor} "
                              f"(2**num_downs with num_downs={self.cfg.num_downs})")

@@ -1,0 +1,152 @@
+"""Live sessions: the same frames as offline for any chunking, flushing mid-utterance, silence, ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.ndimage import gaussian_filter1d
+
+import demo
+from conftest import FIXTURES
+from models.pipeline import PortraitPipeline
+from models.streaming import StreamingSession, paced_chunks, run_live
+from util.smoothing import CausalSmoother, SymmetricSmoother
+from util.synthetic import make_identity
+from util.video import probe
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    make_identity(root, "tiny", size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipe(project):
+    return PortraitPipeline.from_identity("tiny", "cpu", project / "config")
+
+
+@pytest.fixture(scope="module")
+def speech():
+    audio, _ = sf.read(FIXTURES / "speech_3s.wav", dtype="float32")
+    return audio
+
+
+def stream_all(pipe, audio, chunk: int, batch_size: int = 1):
+    session = StreamingSession(pipe, seed=5, batch_size=batch_size)
+    frames = []
+    for i in range(0, len(audio), chunk):
+        frames += session.push(audio[i : i + chunk])
+    return frames + session.finish()
+
+
+@pytest.mark.parametrize("seconds,chunk", [(1.0, 1), (3.0, 160), (3.0, 16000)])
+def test_streaming_equals_offline(pipe, speech, seconds, chunk):
+    audio = speech[: int(seconds * 16000)]
+    offline = pipe.predict(audio, seed=5)
+    rendered = [f for f, _ in pipe.render(offline)]
+    frames = stream_all(pipe, audio, chunk, batch_size=1 if chunk > 1 else 3)
+    assert [f.index for f in frames] == list(range(offline.n_frames))
+    face2d = np.concatenate([f.landmarks.face2d for f in frames])
+    np.testing.assert_allclose(face2d, offline.face2d, atol=1e-3)
+    np.testing.assert_allclose(np.concatenate([f.landmarks.rotation for f in frames]), offline.rotation, atol=1e-4)
+    diff = max(np.abs(f.rgb.astype(int) - r.astype(int)).max() for f, r in zip(frames, rendered))
+    assert diff <= 1
+
+
+def test_stop_mid_utterance_flushes_every_frame(pipe, speech):
+    cut = speech[: int(1.37 * 16000)]
+    frames = stream_all(pipe, cut, 320)
+    assert len(frames) == int(1.37 * 60) and all(np.isfinite(f.landmarks.face2d).all() for f in frames)
+    np.testing.assert_allclose(np.concatenate([f.landmarks.face2d for f in frames]), pipe.predict(cut, seed=5).face2d,
+                               atol=1e-3)
+
+
+def test_silence_gives_a_still_breathing_head(pipe):
+    frames = stream_all(pipe, np.zeros(2 * 16000, np.float32), 320)
+    rot = np.concatenate([f.landmarks.rotation for f in frames])
+    assert len(frames) == 120 and np.isfinite(rot).all()
+    assert rot.std(0).max() < 5.0  # still, though sampled motion keeps it alive
+
+
+def test_live_latency_is_measured(pipe, speech):
+    stats = run_live(StreamingSession(pipe), paced_chunks(speech[:16000], 0.02, 16000, paced=False), 16000)
+    summary = stats.summary()
+    assert stats.frames == 60 and summary["stream_fps"] > 0 and np.isfinite(summary["stream_latency_ms_p95"])
+
+
+@pytest.mark.parametrize("sigma,chunks", [(2.0, [1] * 40), (1.5, [7, 13, 1, 19]), (3.0, [40])])
+def test_symmetric_smoother_streams_like_scipy(sigma, chunks):
+    x = np.random.default_rng(0).normal(size=(sum(chunks), 4))
+    full = SymmetricSmoother(sigma, max_lookahead=100)  # an untruncated kernel: exactly scipy's
+    out, i = [], 0
+    for c in chunks:
+        out.append(full.push(x[i : i + c]))
+        i += c
+    out.append(full.finish())
+    np.testing.assert_allclose(np.concatenate(out), gaussian_filter1d(x, sigma, axis=0, mode="reflect"), atol=1e-9)
+    short = SymmetricSmoother(sigma, max_lookahead=2)
+    assert len(short.push(x[:10])) == 8 and short.radius == 2  # frames wait for 2 frames of lookahead only
+
+
+def test_causal_smoother_uses_only_the_past():
+    x = np.random.default_rng(1).normal(size=(30, 2))
+    a = CausalSmoother(3.0).push(x)
+    s = CausalSmoother(3.0)
+    b = np.concatenate([s.push(x[:11]), s.push(x[11:12]), s.push(x[12:])])
+    np.testing.assert_allclose(a, b)
+    changed = x.copy()
+    changed[20:] += 10
+    np.testing.assert_allclose(CausalSmoother(3.0).push(changed)[:20], a[:20])  # the future does not leak
+
+
+def test_onnx_renderer_equals_torch(pipe, tmp_path):
+    from conftest import load_script
+    from models.pipeline import _onnx_session
+
+    path = tmp_path / "g.onnx"
+    assert load_script("export_onnx").export_renderer(pipe, path) < 1e-3
+    maps = pipe.renderer.feature_maps(*[x[:3] for x in (pipe.predict(np.zeros(16000, np.float32)).face2d,
+                                                       pipe.predict(np.zeros(16000, np.float32)).shoulders2d)])
+    import copy
+
+    onnx = copy.copy(pipe.renderer)
+    onnx.session = _onnx_session(path)
+    assert np.abs(onnx(maps).astype(int) - pipe.renderer(maps).astype(int)).max() <= 1
+
+
+def test_demo_stream_and_onnx_backend(project, tmp_path, capsys):
+    from conftest import load_script
+
+    base = ["--id", "tiny", "--driving_audio", str(FIXTURES / "speech_3s.wav"), "--config_dir",
+            str(project / "config"), "--results_dir", str(tmp_path)]
+    assert demo.cli([*base, "--stream", "--chunk_ms", "100", "--frame_step", "2"]) == 0
+    assert "live: 90 frames, latency p50" in capsys.readouterr().out
+    info = probe(tmp_path / "tiny" / "speech_3s" / "speech_3s.mp4")
+    assert info["frames"] == 90 and "30 fps" in info["video"] and info["audio"] is not None
+    assert demo.cli([*base, "--backend", "onnx", "--overwrite"]) == 2  # not exported yet
+    assert "export_onnx.py" in capsys.readouterr().err
+    assert load_script("export_onnx").main(["--id", "tiny", "--config_dir", str(project / "config")]) == 0
+    assert demo.cli([*base, "--backend", "onnx", "--overwrite"]) == 0
+
+
+def test_mic_without_a_device_is_a_clear_error(project, tmp_path, capsys):
+    try:
+        import sounddevice as sd
+
+        sd.query_devices(kind="input")
+        pytest.skip("a sound input device exists here")
+    except Exception:  # noqa: S110 - no PortAudio or no device: the case under test
+        pass
+    args = ["--id", "tiny", "--mic", "--config_dir", str(project / "config"), "--results_dir", str(tmp_path)]
+    assert demo.cli(args) == 2
+    assert "--mic: no usable sound input device" in capsys.readouterr().err
+
+
+def test_no_torch_grad_leaks(pipe, speech):
+    with torch.enable_grad():
+        pred = pipe.predict(speech[:16000])
+    assert np.isfinite(pred.face2d).all()
