@@ -37,7 +37,7 @@ def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             paths = live(pipeline, opt, out_dir, name, audio, poses)
         else:
             pred = pipeline.predict(audio, str(opt.driving_audio), seed=opt.seed, sigma_scale=opt.sigma_scale,
-                                    poses=poses)
+                                    poses=poses, keep_features=opt.save_intermediates)
             paths = pipeline.write(pred, audio, out_dir, name, opt.batch_size, opt.save_intermediates)
     if parser is not None:
         save_options(opt, parser, out_dir, "demo")

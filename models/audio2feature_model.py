@@ -82,6 +82,7 @@ class Audio2FeatureModel(BaseModel):
                    for x in (pred, target)]
         self.mouth_opening = curves_image({"predicted": opening[0], "tracked": opening[1]}, "mouth opening")
 
+    @torch.no_grad()
     def current_metrics(self) -> dict[str, float]:
         """Mouth landmark distance (mean over the 25 points, landmark units) and the L2 loss."""
         pred, target = self.aligned()

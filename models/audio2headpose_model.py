@@ -98,6 +98,7 @@ class Audio2HeadposeModel(BaseModel):
                       "tracked": self.target[0, :, axis].cpu().numpy()}
             setattr(self, name, curves_image(series, f"{name} (degrees)"))
 
+    @torch.no_grad()
     def current_metrics(self) -> dict[str, float]:
         """Gaussian NLL of the held-out poses, and the mean's rotation error in degrees."""
         self.compute_loss()

@@ -258,15 +258,16 @@ class PortraitPipeline:
         return AudioSideStream(self, seed, sigma_scale, poses)
 
     def predict(self, audio: np.ndarray, name: str = "audio", seed: int = 0, sigma_scale: float | None = None,
-                poses: tuple[np.ndarray, np.ndarray] | None = None) -> Prediction:
+                poses: tuple[np.ndarray, np.ndarray] | None = None, keep_features: bool = False) -> Prediction:
         """The audio side over a whole clip: the streams fed in OFFLINE_CHUNK pieces, so memory stays
-        bounded and the result equals a live session's."""
+        bounded and the result equals a live session's. `keep_features` adds the APC features (2N, d)
+        to the prediction's extras."""
         n = self.check_audio(audio, name)
         fixed = None
         if poses is not None:
             rot, trans = poses
             fixed = lambda start, m: (rot[start : start + m], trans[start : start + m])  # noqa: E731
-        stream = self.stream(seed, sigma_scale, fixed)
+        stream = AudioSideStream(self, seed, sigma_scale, fixed, keep_features)
         step = int(OFFLINE_CHUNK_SECONDS * self.sample_rate)
         batches = [stream.push(audio[i : i + step]) for i in range(0, len(audio), step)]
         batches.append(stream.finish()[0])
@@ -275,6 +276,8 @@ class PortraitPipeline:
                for k in ("face3d", "rotation", "translation", "face2d", "shoulders2d", "raw_pose")}
         assert len(cat["face3d"]) == n, (len(cat["face3d"]), n)
         extras = {"headpose_samples": cat["raw_pose"]} if poses is None else {}
+        if keep_features:
+            extras["apc_features"] = np.concatenate(stream.kept_features)[: 2 * n]
         return Prediction(n, self.fps, cat["face3d"], cat["rotation"], cat["translation"], cat["face2d"],
                           cat["shoulders2d"], extras)
 

@@ -231,8 +231,10 @@ class AudioSideStream:
             taking (start, count) and returning two (count, 3) arrays).
     """
 
-    def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None, poses=None) -> None:  # noqa: ANN001
+    def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None, poses=None,  # noqa: ANN001
+                 keep_features: bool = False) -> None:
         self.pipe = pipe
+        self.kept_features: list[np.ndarray] | None = [] if keep_features else None  # APC features (2 per frame)
         scale = float(pipe.cfg["model_params"]["Headpose"]["sigma"]) if sigma_scale is None else sigma_scale
         self.features, self.pairs = FeatureStream(pipe.encoder), PairBuffer()
         self.mouth = MouthStream(pipe.mouth)
@@ -278,11 +280,16 @@ class AudioSideStream:
         self.emitted += len(face3d)
         return batch
 
+    def _keep(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.kept_features is not None and len(feats):
+            self.kept_features.append(feats.cpu().numpy())
+        return feats
+
     def push(self, samples: np.ndarray) -> FrameBatch | None:
         """Add audio (16 kHz mono float); returns the frames that became final, if any."""
         if self.finished:
             raise RuntimeError("push() after finish()")
-        pairs = self.pairs.push(self.features.push(samples))
+        pairs = self.pairs.push(self._keep(self.features.push(samples)))
         mouth = self.mouth.push(pairs)
         pose = self.pose.push(pairs) if self.pose is not None else None
         return self._collect(mouth, pose)
@@ -291,6 +298,7 @@ class AudioSideStream:
         """End of audio: the remaining frames and the clip's total frame count N."""
         self.finished = True
         feats, n = self.features.finish()
+        self._keep(feats)
         if n == 0 or (self.pairs.last is None and len(feats) == 0):
             return None, n
         pairs = self.pairs.push(feats)

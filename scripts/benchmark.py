@@ -194,7 +194,6 @@ def onnx_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
     """The pipeline's renderer exported to a temporary ONNX file and run by onnxruntime."""
     import copy
     import importlib.util
-    import warnings
 
     from models.pipeline import _onnx_session
 
@@ -202,9 +201,7 @@ def onnx_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
     path = Path(tempfile.mkdtemp()) / "renderer.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export.export_renderer(pipe, path)
+    export.export_renderer(pipe, path)
     renderer = copy.copy(pipe.renderer)
     renderer.session = _onnx_session(path)
     return renderer

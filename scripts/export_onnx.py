@@ -20,6 +20,8 @@ TOLERANCE = 1e-3  # max abs difference in [-1, 1] output units
 
 def export_renderer(pipe, path: Path) -> float:  # noqa: ANN001 - a PortraitPipeline
     """Trace the renderer to ONNX (dynamic batch) and return the largest difference from torch."""
+    import warnings
+
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -29,8 +31,10 @@ def export_renderer(pipe, path: Path) -> float:  # noqa: ANN001 - a PortraitPipe
     x = torch.randn(1, net.cfg.input_nc, h, w)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    with warnings.catch_warnings():  # the TorchScript exporter announces its own deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     tmp.replace(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -44,17 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files")
     p.add_argument("--out", type=Path, default=None, help="output file (default: from the config)")
     args = p.parse_args(argv)
-    import warnings
-
     from models.pipeline import PortraitPipeline, onnx_renderer_path
     from util.errors import InputError
 
     try:
         pipe = PortraitPipeline.from_identity(args.id, "cpu", args.config_dir)
         out = args.out or onnx_renderer_path(pipe.cfg)
-        with warnings.catch_warnings():  # the legacy exporter announces its own deprecation
-            warnings.simplefilter("ignore")
-            diff = export_renderer(pipe, out)
+        diff = export_renderer(pipe, out)
     except InputError as err:
         print(f"export_onnx.py: error: {err}", file=sys.stderr)
         return 2

@@ -58,6 +58,16 @@ def test_same_seed_same_motion_other_seed_differs(project):
     assert np.abs(np.diff(still.rotation, axis=0)).mean() < np.abs(np.diff(a.rotation, axis=0)).mean()
 
 
+def test_zero_pose_gains_hold_the_mean_pose(project, tmp_path):
+    pipe = PortraitPipeline.from_identity("tiny", "cpu", project / "config")
+    pipe.headpose.gains = [0.0, 0.0]  # Headpose.AMP [rot, trans]: the sampled motion scaled to nothing
+    audio, _ = sf.read(SPEECH, dtype="float32")
+    pred = pipe.predict(audio, seed=0)
+    np.testing.assert_allclose(pred.rotation, np.tile([180.0, 0, 0], (pred.n_frames, 1)), atol=1e-9)
+    np.testing.assert_allclose(pred.translation, np.tile(pipe.assets.mean_trans, (pred.n_frames, 1)), atol=1e-9)
+    assert np.abs(pred.extras["headpose_samples"]).max() > 0  # the samples themselves were not zero
+
+
 def test_explicit_pose_file_drives_the_head(project, tmp_path):
     poses = np.zeros((10, 6))
     poses[:, 0], poses[:, 1], poses[:, 5] = 180.0, np.linspace(-10, 10, 10), 10.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from models.pipeline import load_pose_file
 from util import postprocess
 from util.errors import InputError
 from util.geometry import euler_to_matrix, matrix_to_euler, project_landmarks
-from util.landmarks import FACE_POLYLINES, LOWER_INNER_LIP, UPPER_INNER_LIP, feature_map
+from util.landmarks import EYES, FACE_POLYLINES, LOWER_INNER_LIP, UPPER_INNER_LIP, feature_map
 from util.synthetic import synthetic_face
 
 
@@ -41,25 +43,25 @@ def test_lip_intersection_fix_per_frame():
     np.testing.assert_allclose(out[1, 47:52, 1] - pts[1, 47:52, 1], 0.02)  # raised by the half gap
 
 
-def test_mouth_postprocess_amplifies_lips_only():
-    mean = synthetic_face(np.random.default_rng(0))
-    disp = np.zeros((5, 75))
-    disp[:, 3 * 7 + 1] = -0.01  # first lip point (46), y
-    disp[:, 1] = 0.02  # first jaw point (4), y
-    out = postprocess.mouth_landmarks(disp, mean, 0.0, ["XYZ", 2, 3, 4])
-    np.testing.assert_allclose(out[:, 46, 1] - mean[46, 1], -0.03)
-    np.testing.assert_allclose(out[:, 4, 1] - mean[4, 1], 0.02)
+def test_mouth_faces_amplify_lips_keep_jaw_and_replay_eyes():
+    rng = np.random.default_rng(0)
+    mean = synthetic_face(rng)
+    tracked = mean[None] + rng.normal(0, 0.01, (20, 73, 3))
+    assets = SimpleNamespace(mean_pts3d=mean, tracked_pts3d=tracked)
+    disp = np.zeros((5, 25, 3))
+    disp[:, 7, 1] = -0.01  # mouth index 7 = point 46 (the first lip point), y
+    disp[:, 0, 1] = 0.02  # mouth index 0 = point 4 (the first jaw point), y
+    base = mean + 1.0  # the non-mouth points come from the base shape
+    out = postprocess.mouth_faces(disp, assets, base, ["XYZ", 2, 3, 4], True, first_frame=12)
+    np.testing.assert_allclose(out[:, 46, 1] - mean[46, 1], -0.03)  # lips: y gain 3
+    np.testing.assert_allclose(out[:, 4, 1] - mean[4, 1], 0.02)  # jaw: not amplified
+    np.testing.assert_allclose(out[:, 0], base[None, 0].repeat(5, 0))  # contour from the base
+    # eyes replay the tracked frames cyclically from frame 10: frames 12..16 -> 10 + (12..16 % 10)
+    np.testing.assert_allclose(out[:, EYES], tracked[[12, 13, 14, 15, 16]][:, EYES])
+    no_jaw = postprocess.mouth_faces(disp, assets, base, ["XYZ", 2, 3, 4], False, first_frame=0)
+    np.testing.assert_allclose(no_jaw[:, 4], base[None, 4].repeat(5, 0))
     with pytest.raises(InputError, match="AMP"):
-        postprocess.mouth_landmarks(disp, mean, 0.0, ["LowerMore", 1])
-
-
-def test_headpose_postprocess():
-    pose = np.zeros((30, 12))
-    pose[:, 0] = 2.0
-    pose[:, 3] = 1.0
-    rot, trans = postprocess.headpose(pose, [1.0, 0.5], [2, 3], np.array([0.0, 0.0, 10.0]))
-    np.testing.assert_allclose(rot[:, 0], 182.0)
-    np.testing.assert_allclose(trans, np.tile([0.5, 0, 10], (30, 1)))
+        postprocess.mouth_faces(disp, assets, base, ["LowerMore", 1], True, first_frame=0)
 
 
 def test_feature_map_draws_face_and_survives_bad_points():
