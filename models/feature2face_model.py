@@ -126,6 +126,7 @@ class Feature2FaceModel(BaseModel):
             loss = loss + self.loss_G_VGG
         return loss
 
+    @torch.no_grad()
     def current_metrics(self) -> dict[str, float]:
         """L1 and PSNR (dB) of the rendered frame against the real one, both in [0, 1]."""
         fake, real = (self.fake.float() + 1) / 2, (self.real + 1) / 2
