@@ -36,9 +36,9 @@ def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             pipeline.check_audio(audio, str(opt.driving_audio))
             paths = live(pipeline, opt, out_dir, name, audio, poses)
         else:
-            pred = pipeline.predict(audio, str(opt.driving_audio), seed=opt.seed, sigma_scale=opt.sigma_scale,
-                                    poses=poses, keep_features=opt.save_intermediates)
-            paths = pipeline.write(pred, audio, out_dir, name, opt.batch_size, opt.save_intermediates)
+            overlap = {"auto": None, "on": True, "off": False}[opt.overlap]
+            paths = pipeline.generate(audio, out_dir, name, opt.seed, opt.sigma_scale, poses, opt.batch_size,
+                                      opt.save_intermediates, overlap)
     if parser is not None:
         save_options(opt, parser, out_dir, "demo")
     return paths

@@ -13,9 +13,10 @@ the video covers the whole audio.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from models.networks import (
     Feature2FaceG,
     Feature2FaceGConfig,
 )
-from models.streaming import AudioSideStream
+from models.streaming import AudioSideStream, FrameBatch
 from util.audio import LogMel, MelConfig
 from util.checkpoint import load_network
 from util.errors import InputError
@@ -39,7 +40,8 @@ from util.landmarks import feature_map
 from util.manifold import FeatureDatabase, project_to_manifold
 
 log = logging.getLogger("lsp")
-OFFLINE_CHUNK_SECONDS = 10.0  # audio fed to the streams at a time by predict()
+OFFLINE_CHUNK_SECONDS = 10.0  # audio fed to the streams at a time by predict() and generate()
+QUEUED_FRAMES = 16  # frames that may wait between two overlapped stages
 DEFAULT_SMOOTH_LOOKAHEAD = 2  # frames the mouth smoothing may look ahead (latency = 18 + this frames)
 
 
@@ -177,13 +179,6 @@ class Prediction:
     shoulders2d: np.ndarray  # (N, 18, 2) pixels of the crop
     extras: dict = field(default_factory=dict)  # raw samples, features: saved with --save_intermediates
 
-    def save(self, path: Path, with_extras: bool = False) -> None:
-        arrays = {"landmarks3d": self.face3d, "rotation": self.rotation, "translation": self.translation,
-                  "landmarks2d": self.face2d, "shoulders2d": self.shoulders2d, "fps": np.float64(self.fps)}
-        if with_extras:
-            arrays.update({k: np.asarray(v) for k, v in self.extras.items()})
-        np.savez_compressed(path, **arrays)
-
 
 class PortraitPipeline:
     """One identity's networks and assets, chained for offline inference."""
@@ -257,21 +252,34 @@ class PortraitPipeline:
         """A live audio side: push samples, get final frames as the lookahead allows (models/streaming.py)."""
         return AudioSideStream(self, seed, sigma_scale, poses)
 
-    def predict(self, audio: np.ndarray, name: str = "audio", seed: int = 0, sigma_scale: float | None = None,
-                poses: tuple[np.ndarray, np.ndarray] | None = None, keep_features: bool = False) -> Prediction:
-        """The audio side over a whole clip: the streams fed in OFFLINE_CHUNK pieces, so memory stays
-        bounded and the result equals a live session's. `keep_features` adds the APC features (2N, d)
-        to the prediction's extras."""
-        n = self.check_audio(audio, name)
+    def frame_batches(self, stream: AudioSideStream, audio: np.ndarray) -> Iterator[FrameBatch]:
+        """Feed `audio` to `stream` in OFFLINE_CHUNK pieces and yield its frames as they become final."""
+        step = int(OFFLINE_CHUNK_SECONDS * self.sample_rate)
+        for i in range(0, len(audio), step):
+            batch = stream.push(audio[i : i + step])
+            if batch is not None:
+                yield batch
+        batch = stream.finish()[0]
+        if batch is not None:
+            yield batch
+
+    def offline_stream(self, seed: int = 0, sigma_scale: float | None = None,
+                       poses: tuple[np.ndarray, np.ndarray] | None = None,
+                       keep_features: bool = False) -> AudioSideStream:
+        """A stream for a whole clip; `poses` (N, 3) x 2 replace sampling, `keep_features` keeps APC features."""
         fixed = None
         if poses is not None:
             rot, trans = poses
             fixed = lambda start, m: (rot[start : start + m], trans[start : start + m])  # noqa: E731
-        stream = AudioSideStream(self, seed, sigma_scale, fixed, keep_features)
-        step = int(OFFLINE_CHUNK_SECONDS * self.sample_rate)
-        batches = [stream.push(audio[i : i + step]) for i in range(0, len(audio), step)]
-        batches.append(stream.finish()[0])
-        batches = [b for b in batches if b is not None]
+        return AudioSideStream(self, seed, sigma_scale, fixed, keep_features)
+
+    def predict(self, audio: np.ndarray, name: str = "audio", seed: int = 0, sigma_scale: float | None = None,
+                poses: tuple[np.ndarray, np.ndarray] | None = None, keep_features: bool = False) -> Prediction:
+        """The audio side over a whole clip, in memory: the streams fed in OFFLINE_CHUNK pieces, so the
+        result equals a live session's. `keep_features` adds the APC features (2N, d) to the extras."""
+        n = self.check_audio(audio, name)
+        stream = self.offline_stream(seed, sigma_scale, poses, keep_features)
+        batches = list(self.frame_batches(stream, audio))
         cat = {k: np.concatenate([getattr(b, k) for b in batches])
                for k in ("face3d", "rotation", "translation", "face2d", "shoulders2d", "raw_pose")}
         assert len(cat["face3d"]) == n, (len(cat["face3d"]), n)
@@ -288,45 +296,106 @@ class PortraitPipeline:
             maps = self.renderer.feature_maps(pred.face2d[sl], pred.shoulders2d[sl])
             yield from zip(self.renderer(maps), maps)
 
-    def write(self, pred: Prediction, audio: np.ndarray, out_dir: Path, name: str, batch_size: int = 1,
-              save_intermediates: bool = False) -> dict[str, Path]:
-        """Render `pred` and write <name>.mp4 (with audio), <name>_feature_maps.mp4 and <name>.npz."""
+    def generate(self, audio: np.ndarray, out_dir: Path, name: str, seed: int = 0, sigma_scale: float | None = None,
+                 poses: tuple[np.ndarray, np.ndarray] | None = None, batch_size: int = 1,
+                 save_intermediates: bool = False, overlap: bool | None = None) -> dict[str, Path]:
+        """Audio to <name>.mp4 (with audio), <name>_feature_maps.mp4 and <name>.npz, in flat memory.
+
+        The audio side runs in OFFLINE_CHUNK pieces and the per-frame arrays are recorded to disk as
+        they come (util/recorder.py). With `overlap` (default: on CUDA) three stages run at once
+        (util/stages.py): the audio side and feature-map drawing in a producer thread, the renderer
+        here, encoding and file writing in a consumer thread, with bounded queues between them. On a
+        CPU the stages share the same cores and torch's thread pool, and overlapping them was measured
+        25% slower on 2 cores than running them in turn (x264 already encodes in its own process).
+        """
         from tqdm import tqdm
 
-        from util.video import VideoWriter
+        from util.recorder import ArrayRecorder
+        from util.stages import Sink, background
 
+        n = self.check_audio(audio, name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_input = bool(self.cfg["model_params"]["Image2Image"].get("save_input", 1))
-        audio = audio[: round(pred.n_frames / self.fps * self.sample_rate)]
+        stream = self.offline_stream(seed, sigma_scale, poses, save_intermediates)
         paths = {"video": out_dir / f"{name}.mp4", "landmarks": out_dir / f"{name}.npz"}
-        frames_dir = out_dir / "frames"
-        if save_intermediates:
-            frames_dir.mkdir(exist_ok=True)
-        writer = VideoWriter(paths["video"], self.fps, self.assets.image_size, audio, self.sample_rate)
-        maps_writer = None
+        save_input = bool(self.cfg["model_params"]["Image2Image"].get("save_input", 1))
         if save_input:
             paths["feature_maps"] = out_dir / f"{name}_feature_maps.mp4"
-            maps_writer = VideoWriter(paths["feature_maps"], self.fps, self.assets.image_size, audio,
-                                      self.sample_rate, gray=True)
+        recorder = ArrayRecorder(paths["landmarks"])
+        outputs = _Outputs(self, paths, audio[: round(n / self.fps * self.sample_rate)],
+                           out_dir / "frames" if save_intermediates else None)
+
+        def maps() -> Iterator[np.ndarray]:
+            for batch in self.frame_batches(stream, audio):
+                recorder.add(landmarks3d=batch.face3d, rotation=batch.rotation, translation=batch.translation,
+                             landmarks2d=batch.face2d, shoulders2d=batch.shoulders2d)
+                if save_intermediates and poses is None:
+                    recorder.add(headpose_samples=batch.raw_pose)
+                for i in range(0, len(batch), batch_size):
+                    yield self.renderer.feature_maps(batch.face2d[i : i + batch_size],
+                                                     batch.shoulders2d[i : i + batch_size])
+
+        overlap = self.renderer.device.type == "cuda" if overlap is None else overlap
+        depth = max(2, QUEUED_FRAMES // batch_size)
+        sink = Sink(outputs.write, depth, name="encode") if overlap else _Inline(outputs.write)
         try:
-            frames = tqdm(self.render(pred, batch_size), total=pred.n_frames, desc="render", unit="frame")
-            for k, (frame, fmap) in enumerate(frames):
-                writer.write(frame)
-                if maps_writer is not None:
-                    maps_writer.write(fmap)
-                if save_intermediates:
-                    _save_png(frames_dir / f"pred_{k + 1:05d}.png", frame)
-                    _save_png(frames_dir / f"input_{k + 1:05d}.png", fmap)
+            with tqdm(total=n, desc="render", unit="frame") as bar:
+                for fmaps in background(maps(), depth, name="audio side") if overlap else maps():
+                    sink.put((self.renderer(fmaps), fmaps))
+                    bar.update(len(fmaps))
+            sink.close()
+            outputs.close()
+            extras = {}
+            if save_intermediates:
+                extras["apc_features"] = np.concatenate(stream.kept_features)[: 2 * n]
+            recorder.close(fps=np.float64(self.fps), **extras)
         except BaseException:
-            for w in (writer, maps_writer):
-                if w is not None:
-                    w.abort()
+            sink.abort()
+            outputs.abort()
+            recorder.abort()
             raise
-        writer.close()
-        if maps_writer is not None:
-            maps_writer.close()
-        pred.save(paths["landmarks"], with_extras=save_intermediates)
         return paths
+
+
+class _Inline:
+    """A Sink that works in the caller's thread."""
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self.put, self.close, self.abort = fn, lambda: None, lambda: None
+
+
+class _Outputs:
+    """The files a demo run writes per frame: the videos and, with --save_intermediates, PNGs."""
+
+    def __init__(self, pipe: PortraitPipeline, paths: dict[str, Path], audio: np.ndarray,
+                 frames_dir: Path | None) -> None:
+        from util.video import VideoWriter
+
+        self.frames_dir, self.count = frames_dir, 0
+        if frames_dir is not None:
+            frames_dir.mkdir(exist_ok=True)
+        size, rate = pipe.assets.image_size, pipe.sample_rate
+        self.writers = [VideoWriter(paths["video"], pipe.fps, size, audio, rate)]
+        if "feature_maps" in paths:
+            self.writers.append(VideoWriter(paths["feature_maps"], pipe.fps, size, audio, rate, gray=True))
+
+    def write(self, item: tuple[np.ndarray, np.ndarray]) -> None:
+        frames, fmaps = item
+        for frame, fmap in zip(frames, fmaps):
+            self.writers[0].write(frame)
+            if len(self.writers) > 1:
+                self.writers[1].write(fmap)
+            self.count += 1
+            if self.frames_dir is not None:
+                _save_png(self.frames_dir / f"pred_{self.count:05d}.png", frame)
+                _save_png(self.frames_dir / f"input_{self.count:05d}.png", fmap)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:

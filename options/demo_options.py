@@ -32,6 +32,9 @@ class DemoOptions:
         parser.add_argument("--config_dir", type=Path, default=None,
                             help="folder of <id>.yaml files (default: the project's config/)")
         parser.add_argument("--batch_size", type=positive_int, default=1, help="frames rendered per network call")
+        parser.add_argument("--overlap", type=str, default="auto", choices=("auto", "on", "off"),
+                            help="offline: run the audio side, the renderer and encoding in overlapped threads "
+                                 "(auto: on with CUDA, off on a CPU, where the stages share the same cores)")
         parser.add_argument("--overwrite", action="store_true",
                             help="write into an existing results folder, replacing the files this demo makes")
         parser.add_argument("--backend", type=str, default="torch", choices=("torch", "onnx"),

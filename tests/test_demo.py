@@ -47,6 +47,20 @@ def test_demo_writes_video_with_audio_and_landmarks(project, tmp_path):
     assert (out / "demo_opt.txt").is_file() and (out / "opt.json").is_file()
 
 
+def test_overlapped_stages_write_the_same_outputs(project, tmp_path):
+    outs = {}
+    for mode in ("on", "off"):
+        assert run(project, tmp_path / mode, "--seed", "2", "--overlap", mode, "--batch_size", "3") == 0
+        out = tmp_path / mode / "results" / "tiny" / "speech_3s"
+        assert probe(out / "speech_3s.mp4")["frames"] == 180
+        with np.load(out / "speech_3s.npz") as data:
+            outs[mode] = {k: data[k] for k in data.files}
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+    assert outs["on"].keys() == outs["off"].keys()
+    for key in outs["on"]:
+        np.testing.assert_array_equal(outs["on"][key], outs["off"][key])
+
+
 def test_same_seed_same_motion_other_seed_differs(project):
     pipe = PortraitPipeline.from_identity("tiny", "cpu", project / "config")
     audio, _ = sf.read(SPEECH, dtype="float32")

@@ -207,7 +207,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, what: str = "au
     except (sf.LibsndfileError, RuntimeError, TypeError):
         audio = _decode_with_ffmpeg(path, sample_rate)
     else:
-        audio = data.mean(axis=1)
+        audio = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
         if rate != sample_rate and audio.size:
             audio = soxr.resample(audio, rate, sample_rate, quality="HQ").astype(np.float32)
     if audio.size == 0:

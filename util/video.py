@@ -40,12 +40,11 @@ class VideoWriter:
         cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-f", "rawvideo",
                "-pix_fmt", "gray" if gray else "rgb24", "-s", f"{self.width}x{self.height}", "-r", str(fps), "-i", "-"]
         if audio is not None:
-            import soundfile as sf
 
             fd, wav = tempfile.mkstemp(suffix=".wav", dir=self.path.parent)
             os.close(fd)
             self._wav = Path(wav)
-            sf.write(wav, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+            write_wav(wav, audio, sample_rate)
             cmd += ["-i", wav, "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest"]
         cmd += ["-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
                 "-movflags", "+faststart", str(self._tmp)]
@@ -155,14 +154,22 @@ class VideoReader:
         self._cap.release()
 
 
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, block: int = 1 << 16) -> None:
+    """Mono float audio to 16-bit PCM, clipped to [-1, 1], a block at a time (no copy of long audio)."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(path), "w", sample_rate, 1, subtype="PCM_16") as f:
+        for i in range(0, len(audio), block):
+            f.write(np.clip(audio[i : i + block], -1, 1))
+
+
 def mux_audio(video: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     """Add mono float audio to a silent video in place (AAC; the video stream is copied)."""
-    import soundfile as sf
 
     video = Path(video)
     wav = video.with_suffix(".tmp.wav")
     out = video.with_name(f".{video.stem}.mux{video.suffix}")
-    sf.write(wav, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
+    write_wav(wav, audio, sample_rate)
     try:
         cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-i", str(video), "-i", str(wav), "-c:v", "copy",
                "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest", "-movflags", "+faststart", str(out)]
