@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, load_script
 from scipy.ndimage import gaussian_filter1d
 
 import demo
@@ -151,3 +153,18 @@ def test_no_torch_grad_leaks(pipe, speech):
     with torch.enable_grad():
         pred = pipe.predict(speech[:16000])
     assert np.isfinite(pred.face2d).all()
+
+
+def test_benchmark_reports_every_key(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--image_size", "64", "--ngf", "8", "--num_downs", "6", "--database_frames", "300", "--seconds", "1",
+            "--render_frames", "2", "--repeats", "1", "--reference_frames", "8", "--onnx", "--offline_seconds", "0.5",
+            "--stream_seconds", "1", "--chunk_ms", "40", "--json", str(out)]
+    assert load_script("benchmark").main(args) == 0
+    result = json.loads(out.read_text())
+    for key in ("audio_side_fps", "render_fps", "reference_audio_side_fps", "offline_fps", "onnx_render_fps",
+                "stream_latency_ms_p50", "stream_latency_ms_p95", "stream_fps"):
+        assert np.isfinite(result[key]) and result[key] > 0, key
+    assert result["stream_latency_ms_p95"] >= result["stream_latency_ms_p50"]
+    for stage in ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "render", "reference_audio2headpose"):
+        assert result["stages"][stage]["ms_per_frame"] > 0, stage
