@@ -54,7 +54,7 @@ def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, pos
     fixed = None
     if poses is not None:
         fixed = lambda start, m: (poses[0][start : start + m], poses[1][start : start + m])  # noqa: E731
-    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size, opt.frame_step, fixed)
+    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size, opt.frame_step, fixed, opt.hop_ms)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / f"{name}.mp4"
     recorded: list[np.ndarray] = []

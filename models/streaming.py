@@ -13,6 +13,8 @@ Frame t is final once audio up to frame t + max(18 + smooth_lookahead, 15) has a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,6 +319,9 @@ def _join(a: FrameBatch | None, b: FrameBatch | None) -> FrameBatch | None:
         (b.face3d, b.rotation, b.translation, b.face2d, b.shoulders2d, b.raw_pose))))
 
 
+DEFAULT_HOP_MS = 50.0  # a live session runs its audio side at most this often (see StreamingSession)
+
+
 @dataclass
 class RenderedFrame:
     """One output frame of a live session."""
@@ -334,13 +339,22 @@ class StreamingSession:
         frame_step: render every n-th model frame (e.g. 2 gives 30 fps from a 60 fps model), for
             devices that cannot render at the model rate in real time.
         batch_size: frames per renderer call; frames wait until a batch is full, except at the end.
+        hop_ms: the audio side runs once this much new audio has come (smaller chunks wait). Each run
+            has a fixed cost (the manifold search reads the whole feature database, the recurrent
+            networks' weights are read again), so a 10 ms cadence would cost far more than the audio
+            it adds; a hop of 50 ms adds at most 50 ms of latency. The frames do not depend on it.
     """
 
     def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None, batch_size: int = 1,  # noqa: ANN001
-                 frame_step: int = 1, poses=None) -> None:  # noqa: ANN001
+                 frame_step: int = 1, poses=None, hop_ms: float = DEFAULT_HOP_MS,  # noqa: ANN001
+                 renderer=None) -> None:  # noqa: ANN001 - a models.pipeline.FaceRenderer (default: the pipeline's)
         self.pipe, self.batch_size, self.frame_step = pipe, batch_size, frame_step
+        self.renderer = pipe.renderer if renderer is None else renderer
         self.audio = AudioSideStream(pipe, seed, sigma_scale, poses)
         self.queue: list[FrameBatch] = []
+        self.hop = max(1, round(hop_ms / 1000 * pipe.sample_rate))
+        self.pending: list[np.ndarray] = []
+        self.pending_samples = 0
 
     def _render(self, batch: FrameBatch | None, flush: bool) -> list[RenderedFrame]:
         if batch is not None:
@@ -349,19 +363,48 @@ class StreamingSession:
         out = []
         while self.queue and (flush or len(self.queue) >= self.batch_size):
             todo, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
-            maps = self.pipe.renderer.feature_maps(np.concatenate([b.face2d for b in todo]),
+            maps = self.renderer.feature_maps(np.concatenate([b.face2d for b in todo]),
                                                    np.concatenate([b.shoulders2d for b in todo]))
-            frames = self.pipe.renderer(maps)
+            frames = self.renderer(maps)
             out += [RenderedFrame(b.start, f, m, b) for b, f, m in zip(todo, frames, maps)]
         return out
 
     def push(self, samples: np.ndarray) -> list[RenderedFrame]:
-        return self._render(self.audio.push(samples), flush=self.batch_size == 1)
+        """Add audio (16 kHz mono float, any length); returns the frames rendered from it, if any."""
+        self.pending.append(np.asarray(samples, dtype=np.float32).reshape(-1))
+        self.pending_samples += self.pending[-1].size
+        if self.pending_samples < self.hop:
+            return []
+        with self._audio_threads():
+            batch = self.audio.push(self._take())
+        return self._render(batch, flush=self.batch_size == 1)
+
+    @contextmanager
+    def _audio_threads(self) -> Iterator[None]:
+        """One torch thread for the audio side on a CPU: its per-hop calls are too small to share, and
+        a second thread left spinning slows the renderer down (measured: the whole live loop 25% faster
+        on 2 cores). The renderer keeps torch's thread count."""
+        old = torch.get_num_threads()
+        if self.pipe.encoder.device.type != "cpu" or old == 1:
+            yield
+            return
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    def _take(self) -> np.ndarray:
+        audio = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending, self.pending_samples = [], 0
+        return audio
 
     def finish(self) -> list[RenderedFrame]:
         """Flush: the audio so far is the whole utterance; every remaining frame is rendered."""
-        batch, _ = self.audio.finish()
-        return self._render(batch, flush=True)
+        with self._audio_threads():
+            first = self.audio.push(self._take()) if self.pending else None
+            batch, _ = self.audio.finish()
+        return self._render(_join(first, batch), flush=True)
 
 
 def _select(batch: FrameBatch, i: int) -> FrameBatch:
@@ -402,12 +445,13 @@ def paced_chunks(audio: np.ndarray, chunk_seconds: float, sample_rate: int, pace
 
 def run_live(session: StreamingSession, chunks, sample_rate: int, on_frame=None) -> StreamStats:  # noqa: ANN001
     """Push every chunk of a live source (paced_chunks, a microphone) as it comes, call on_frame(frame)
-    for each rendered frame, and measure each frame's latency: from the arrival of the chunk that
-    completed the frame's own audio to the frame being ready."""
+    for each rendered frame, and measure each frame's latency: from the moment the last sample of the
+    frame's own audio arrived live (the source delivers sample k at start + k / sample_rate, whether or
+    not we were ready to read it) to the frame being ready. A session slower than real time thus shows
+    a growing latency instead of hiding it."""
     import time
 
     fps = session.pipe.fps
-    arrivals: list[tuple[int, float]] = []  # (samples received so far, wall time)
     latencies: list[float] = []
     frames, received = 0, 0
     start = time.perf_counter()
@@ -417,17 +461,13 @@ def run_live(session: StreamingSession, chunks, sample_rate: int, on_frame=None)
         now = time.perf_counter()
         for f in out:
             need = min((f.index + 1) / fps * sample_rate, received)  # samples of the frame's own audio
-            came = next((t for n, t in arrivals if n >= need), now)
-            latencies.append(1000 * (now - came))
+            latencies.append(1000 * (now - start - need / sample_rate))
             frames += 1
             if on_frame is not None:
                 on_frame(f)
 
     for chunk in chunks:
         received += len(chunk)
-        arrivals.append((received, time.perf_counter()))
         handle(session.push(chunk))
-        if len(arrivals) > 4096:  # only recent arrivals can still be waited for
-            arrivals = arrivals[-2048:]
     handle(session.finish())
     return StreamStats(latencies, frames, received / sample_rate, time.perf_counter() - start)

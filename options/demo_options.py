@@ -48,6 +48,9 @@ class DemoOptions:
                             help="with --mic: stop after this many seconds (0 = until Ctrl-C)")
         parser.add_argument("--chunk_ms", type=non_negative_float, default=20.0,
                             help="live modes: audio arrives in chunks of this many milliseconds")
+        parser.add_argument("--hop_ms", type=non_negative_float, default=50.0,
+                            help="live modes: run the audio side once this much new audio has come (each run has "
+                                 "a fixed cost; the frames do not depend on it, the latency grows by up to it)")
         parser.add_argument("--frame_step", type=positive_int, default=1,
                             help="render every n-th model frame (2 = 30 fps from a 60 fps model) to keep up live")
         parser.add_argument("--verbose", action="store_true", help="log more")

@@ -13,6 +13,7 @@ mel frame; the full 255-frame WaveNet recomputed for every pose) as `reference_*
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also run a live session on this much audio, paced in real time (latency, stream fps)")
     p.add_argument("--chunk_ms", type=float, default=20.0, help="live session: audio chunk length")
     p.add_argument("--frame_step", type=int, default=1, help="live session: render every n-th frame")
+    p.add_argument("--hop_ms", type=float, default=50.0, help="live session: audio-side cadence")
+    p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "onnx"),
+                   help="live session: renderer backend (onnx exports the renderer to a temporary file)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -101,7 +105,7 @@ def random_pipeline(args: argparse.Namespace, workdir: Path):  # noqa: ANN201
     return PortraitPipeline.build(cfg, assets, *nets, resolve_device(args.device))
 
 
-def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
+def run(args: argparse.Namespace, pipe, workdir: Path) -> dict:  # noqa: ANN001
     """Time every stage on the same audio; returns the JSON-ready results."""
     import numpy as np
     import torch
@@ -169,7 +173,7 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     stage("feature_map", lambda: pipe.renderer.feature_maps(face2d, sh2d), r)
     stage("render", lambda: [pipe.renderer(maps[i : i + args.batch_size]) for i in range(0, r, args.batch_size)], r)
     if args.onnx:
-        onnx_renderer = onnx_copy(pipe)
+        onnx_renderer = onnx_copy(pipe, workdir)
         stage("render_onnx", lambda: [onnx_renderer(maps[i : i + args.batch_size])
                                       for i in range(0, r, args.batch_size)], r)
 
@@ -192,9 +196,8 @@ def run(args: argparse.Namespace, pipe) -> dict:  # noqa: ANN001
     }
 
 
-def onnx_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
-    """The pipeline's renderer exported to a temporary ONNX file and run by onnxruntime."""
-    import copy
+def onnx_copy(pipe, workdir: Path):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
+    """The pipeline's renderer exported to an ONNX file in `workdir` and run by onnxruntime."""
     import importlib.util
 
     from models.pipeline import _onnx_session
@@ -202,8 +205,9 @@ def onnx_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
     spec = importlib.util.spec_from_file_location("export_onnx", Path(__file__).resolve().parent / "export_onnx.py")
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
-    path = Path(tempfile.mkdtemp()) / "renderer.onnx"
-    export.export_renderer(pipe, path)
+    path = workdir / "renderer.onnx"
+    if not path.is_file():
+        export.export_renderer(pipe, path)
     renderer = copy.copy(pipe.renderer)
     renderer.session = _onnx_session(path)
     return renderer
@@ -220,15 +224,17 @@ def offline(args: argparse.Namespace, pipe, audio) -> dict:  # noqa: ANN001
     return {"offline_fps": round(n / seconds, 3), "offline_frames": n}
 
 
-def stream(args: argparse.Namespace, pipe, audio) -> dict:  # noqa: ANN001
+def stream(args: argparse.Namespace, pipe, audio, workdir: Path) -> dict:  # noqa: ANN001
     """A live session on `args.stream_seconds` of the audio, paced in real time: latency and throughput."""
     from models.streaming import StreamingSession, paced_chunks, run_live
 
     clip = audio[: int(args.stream_seconds * pipe.sample_rate)]
-    session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step)
+    renderer = onnx_copy(pipe, workdir) if args.stream_backend == "onnx" else None
+    session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step, hop_ms=args.hop_ms, renderer=renderer)
     stats = run_live(session, paced_chunks(clip, args.chunk_ms / 1000, pipe.sample_rate), pipe.sample_rate)
     return {**{k: round(v, 2) for k, v in stats.summary().items()}, "stream_frames": stats.frames,
-            "stream_frame_step": args.frame_step, "stream_chunk_ms": args.chunk_ms}
+            "stream_frame_step": args.frame_step, "stream_chunk_ms": args.chunk_ms, "stream_hop_ms": args.hop_ms,
+            "stream_backend": args.stream_backend}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             pipe = (PortraitPipeline.from_identity(args.id, args.device, args.config_dir) if args.id
                     else random_pipeline(args, Path(tmp)))
-            result = run(args, pipe)
+            result = run(args, pipe, Path(tmp))
             from util.audio import load_audio
 
             clip = load_audio(args.audio or Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.offline_seconds > 0:
                 result.update(offline(args, pipe, np.resize(clip, int(args.offline_seconds * pipe.sample_rate))))
             if args.stream_seconds > 0:
-                result.update(stream(args, pipe, np.resize(clip, int(args.stream_seconds * pipe.sample_rate))))
+                live = np.resize(clip, int(args.stream_seconds * pipe.sample_rate))
+                result.update(stream(args, pipe, live, Path(tmp)))
     except InputError as err:
         print(f"benchmark.py: error: {err}", file=sys.stderr)
         return 2
