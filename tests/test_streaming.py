@@ -37,20 +37,21 @@ def speech():
     return audio
 
 
-def stream_all(pipe, audio, chunk: int, batch_size: int = 1):
-    session = StreamingSession(pipe, seed=5, batch_size=batch_size)
+def stream_all(pipe, audio, chunk: int, batch_size: int = 1, hop_ms: float = 50.0):
+    session = StreamingSession(pipe, seed=5, batch_size=batch_size, hop_ms=hop_ms)
     frames = []
     for i in range(0, len(audio), chunk):
         frames += session.push(audio[i : i + chunk])
     return frames + session.finish()
 
 
-@pytest.mark.parametrize("seconds,chunk", [(1.0, 1), (3.0, 160), (3.0, 16000)])
-def test_streaming_equals_offline(pipe, speech, seconds, chunk):
+@pytest.mark.parametrize("seconds,chunk,hop_ms", [(1.0, 1, 0.0), (1.0, 1, 50.0), (3.0, 160, 50.0), (3.0, 16000, 50.0),
+                                                 (3.0, 160, 300.0)])
+def test_streaming_equals_offline(pipe, speech, seconds, chunk, hop_ms):
     audio = speech[: int(seconds * 16000)]
     offline = pipe.predict(audio, seed=5)
     rendered = [f for f, _ in pipe.render(offline)]
-    frames = stream_all(pipe, audio, chunk, batch_size=1 if chunk > 1 else 3)
+    frames = stream_all(pipe, audio, chunk, batch_size=1 if chunk > 1 else 3, hop_ms=hop_ms)
     assert [f.index for f in frames] == list(range(offline.n_frames))
     face2d = np.concatenate([f.landmarks.face2d for f in frames])
     np.testing.assert_allclose(face2d, offline.face2d, atol=1e-3)
@@ -78,6 +79,24 @@ def test_live_latency_is_measured(pipe, speech):
     stats = run_live(StreamingSession(pipe), paced_chunks(speech[:16000], 0.02, 16000, paced=False), 16000)
     summary = stats.summary()
     assert stats.frames == 60 and summary["stream_fps"] > 0 and np.isfinite(summary["stream_latency_ms_p95"])
+
+
+def test_latency_grows_when_the_renderer_cannot_keep_up(pipe, speech):
+    import time
+
+    class SlowRenderer:  # 25 ms a frame: 1.5 s of work per second of 60 fps video
+        def feature_maps(self, face2d, shoulders2d):
+            return pipe.renderer.feature_maps(face2d, shoulders2d)
+
+        def __call__(self, maps):
+            time.sleep(0.025 * len(maps))
+            return np.zeros((len(maps), *maps.shape[1:], 3), np.uint8)
+
+    session = StreamingSession(pipe, renderer=SlowRenderer())
+    stats = run_live(session, paced_chunks(speech[:16000], 0.02, 16000), 16000)
+    lat = np.asarray(stats.latencies_ms)
+    assert stats.frames == 60 and stats.summary()["real_time_factor"] > 1.2
+    assert lat[-10:].mean() > lat[:10].mean() + 300  # falling behind shows, it is not hidden
 
 
 @pytest.mark.parametrize("sigma,chunks", [(2.0, [1] * 40), (1.5, [7, 13, 1, 19]), (3.0, [40])])
