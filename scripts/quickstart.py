@@ -69,7 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data_root", type=Path, default=ROOT / "data", help="identities live here")
     p.add_argument("--config_dir", type=Path, default=ROOT / "config", help="config/<id>.yaml goes here")
     p.add_argument("--force", action="store_true", help="redo every step")
-    return p.parse_args(argv)
+    p.add_argument("--lpips_alexnet", type=Path, default=None,
+                   help="torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth): with --lpips_lin, adds LPIPS")
+    p.add_argument("--lpips_lin", type=Path, default=None, help="the LPIPS AlexNet heads (alex.pth of LPIPS v0.1)")
+    args = p.parse_args(argv)
+    if (args.lpips_alexnet is None) != (args.lpips_lin is None):
+        p.error("--lpips_alexnet and --lpips_lin go together")
+    return args
 
 
 def run_step(name: str, fn, args: list[str]) -> None:  # noqa: ANN001
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.time()
     print("\n== evaluate", flush=True)
-    report = evaluate_identity(a.id, a.config_dir, out, driving, a.device, timings, a.speech)
+    lpips = (a.lpips_alexnet, a.lpips_lin) if a.lpips_alexnet is not None else None
+    report = evaluate_identity(a.id, a.config_dir, out, driving, a.device, timings, a.speech, lpips)
     timings["evaluate_s"] = time.time() - t
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
     return 0

@@ -7,10 +7,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import load_script
 
 from util import metrics as M
+from util.errors import InputError
 from util.evaluate import mouth_scores
+from util.lpips import LPIPS, alexnet_features
 from util.synthetic import synthetic_face
 
 
@@ -45,19 +48,47 @@ def test_mouth_scores_identical_and_moving():
     assert mouth_scores(still, face, 1.0)["m_lmd_px"] > 0
 
 
+def lpips_files(folder, drop: str | None = None):
+    """Random weights in the layouts of torchvision's AlexNet file and LPIPS's alex.pth."""
+    torch.manual_seed(0)
+    alex = {f"features.{k}": v for k, v in alexnet_features().state_dict().items()}
+    alex["classifier.1.weight"] = torch.zeros(4096, 9216)  # the classifier is in the file and ignored
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}
+    alex.pop(drop, None)
+    torch.save(alex, folder / "alexnet.pth")
+    torch.save(lin, folder / "alex.pth")
+    return folder / "alexnet.pth", folder / "alex.pth"
+
+
+def test_lpips_zero_for_identical_and_growing_with_noise(tmp_path):
+    net = LPIPS.from_files(*lpips_files(tmp_path))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    noisy = [np.clip(img + rng.normal(0, s, img.shape), 0, 255).astype(np.uint8) for s in (5, 40)]
+    assert net.distance(img, img) == 0
+    small, large = (net.distance(img, n) for n in noisy)
+    assert 0 < small < large
+    assert net.distance(noisy[1], img) == pytest.approx(large, rel=1e-5)  # symmetric
+    with pytest.raises(InputError, match="missing weight features.3.weight"):
+        LPIPS.from_files(*lpips_files(tmp_path, drop="features.3.weight"))
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_quickstart_tiny_profile(tmp_path, landmarker):
     dirs = ["--checkpoints_dir", str(tmp_path / "ckpt"), "--results_dir", str(tmp_path / "results"),
             "--data_root", str(tmp_path / "data"), "--config_dir", str(tmp_path / "config")]
-    assert load_script("quickstart").main(["--profile", "tiny", *dirs]) == 0
+    alexnet, lin = lpips_files(tmp_path)
+    lpips = ["--lpips_alexnet", str(alexnet), "--lpips_lin", str(lin)]
+    assert load_script("quickstart").main(["--profile", "tiny", *dirs, *lpips]) == 0
     out = tmp_path / "results" / "example"
     report = (out / "report.html").read_text()
     assert "side_by_side.mp4" in report and "Skipped metrics" in report
     metrics = json.loads((out / "metrics.json").read_text())
     for value in (metrics["renderer"]["psnr_db"], metrics["renderer"]["ssim"], metrics["audio_to_mouth"]["m_lmd_px"],
-                  metrics["speed"]["render_fps"]):
+                  metrics["speed"]["render_fps"], metrics["renderer"]["lpips_alex"]):
         assert math.isfinite(value)
+    assert "LPIPS" not in metrics["skipped_metrics"] and "renderer LPIPS" in report
     assert (out / "eng_12s" / "eng_12s.mp4").is_file() and (out / "side_by_side.mp4").is_file()
     again = load_script("quickstart").main(["--profile", "tiny", *dirs])  # resumes: reuses everything trained
     assert again == 0

@@ -7,7 +7,8 @@
   the real tracks, so lip sync is measured on pixels, not only on our own landmarks;
 * head pose: statistics of sampled poses against the real ones;
 * speed: frames/s of each inference stage in this run.
-Metrics that need weights we cannot obtain here (SyncNet LSE-C/D, LPIPS, FID) are listed as skipped.
+Metrics that need weights we cannot obtain here (SyncNet LSE-C/D, FID; LPIPS unless its files are given)
+are listed as skipped.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from util.video import VideoReader
 log = logging.getLogger("lsp")
 SKIPPED = {
     "LSE-C / LSE-D (SyncNet)": "needs the SyncNet weights (syncnet_v2.model), which cannot be downloaded here",
-    "LPIPS": "needs ImageNet-trained AlexNet/VGG and LPIPS weights, which cannot be downloaded here",
+    "LPIPS": "needs ImageNet AlexNet and LPIPS weights, which cannot be downloaded here (give them with "
+             "quickstart.py --lpips_alexnet alexnet-owt-7be5be79.pth --lpips_lin alex.pth)",
     "FID": "needs InceptionV3 ImageNet weights, which cannot be downloaded here",
 }
 
@@ -41,8 +43,9 @@ def face_width(pts: np.ndarray) -> np.ndarray:
     return np.linalg.norm(pts[:, 14] - pts[:, 0], axis=-1)
 
 
-def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: int = 4) -> tuple[dict, list]:
-    """PSNR / SSIM of frames rendered from the tracked landmarks against the real crops."""
+def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: int = 4,
+                      lpips=None) -> tuple[dict, list]:  # noqa: ANN001 - a util.lpips.LPIPS
+    """PSNR / SSIM (and LPIPS when given) of frames rendered from the tracked landmarks against the real crops."""
     idx = np.flatnonzero(tracks["valid"])
     scores, samples, times = [], [], []
     for start in range(0, len(idx), batch):
@@ -53,12 +56,16 @@ def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: i
         times.append((time.perf_counter() - t) / len(sel))
         for j, fake, fmap in zip(sel, fakes, maps):
             real = cv2.cvtColor(cv2.imread(str(clip / "frames" / f"{j:06d}.jpg")), cv2.COLOR_BGR2RGB)
-            scores.append((M.psnr(fake, real), M.ssim(fake, real)))
+            scores.append((M.psnr(fake, real), M.ssim(fake, real),
+                           lpips.distance(fake, real) if lpips is not None else np.nan))
             if len(samples) < 4 and j % max(1, len(idx) // 4) == 0:
                 samples.append(np.concatenate([real, fake, np.repeat(fmap[..., None], 3, 2)], 1))
     s = np.array(scores)
-    return {"psnr_db": float(s[:, 0].mean()), "ssim": float(s[:, 1].mean()), "frames": len(s),
-            "render_ms_per_frame": 1000 * float(np.median(times))}, samples
+    out = {"psnr_db": float(s[:, 0].mean()), "ssim": float(s[:, 1].mean()), "frames": len(s),
+           "render_ms_per_frame": 1000 * float(np.median(times))}
+    if lpips is not None:
+        out["lpips_alex"] = float(s[:, 2].mean())
+    return out, samples
 
 
 def track_video(path: Path) -> tuple[np.ndarray, float]:
@@ -94,8 +101,11 @@ def audio_envelope(audio: np.ndarray, fps: float, n: int, sample_rate: int = 160
 
 
 def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: dict[str, Path], device: str,
-                      timings: dict, speech_dir: Path | None = None) -> Path:
-    """Evaluate data/<identity> with its trained networks; writes metrics.json and report.html in out_dir."""
+                      timings: dict, speech_dir: Path | None = None,
+                      lpips_files: tuple[Path, Path] | None = None) -> Path:
+    """Evaluate data/<identity> with its trained networks; writes metrics.json and report.html in out_dir.
+
+    `lpips_files` (AlexNet, LPIPS heads) adds LPIPS to the renderer's scores (util/lpips.py)."""
     from util.report import write_report
 
     pipe = PortraitPipeline.from_identity(identity, device, config_dir)
@@ -110,7 +120,12 @@ def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: d
     px_per_unit = float((face_width(real["pts2d"]) / face_width(real["pts3d"])).mean()) \
         * M.CROP_REFERENCE / pipe.assets.image_size[0]
     results: dict = {"identity": identity, "heldout_clip": val, "heldout_seconds": len(src["rot"]) / float(src["fps"])}
-    fidelity, samples = renderer_fidelity(pipe, clip, src)
+    lpips = None
+    if lpips_files is not None:
+        from util.lpips import LPIPS
+
+        lpips = LPIPS.from_files(*lpips_files).to(pipe.renderer.device)
+    fidelity, samples = renderer_fidelity(pipe, clip, src, lpips=lpips)
     results["renderer"] = fidelity
     audio = load_audio(clip / "audio.wav")
     speed = {}
@@ -135,7 +150,7 @@ def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: d
         "mouth_vs_loudness": M.correlation(M.mouth_opening(pred_other.face3d),
                                            audio_envelope(other, pipe.fps, pred_other.n_frames))}
     results["speed"] = {**speed, **{k: round(v, 1) for k, v in timings.items()}}
-    results["skipped_metrics"] = SKIPPED
+    results["skipped_metrics"] = {k: v for k, v in SKIPPED.items() if not (k == "LPIPS" and lpips is not None)}
     results["training"] = _training_summary(pipe.cfg, speech_dir)
     series = {"real": M.mouth_opening(real["pts3d"]), "predicted": M.mouth_opening(pred.face3d),
               "rendered, tracked": M.mouth_opening(tracked) if len(tracked) else None}

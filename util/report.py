@@ -109,6 +109,8 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
         r = results
         rows = [("renderer PSNR (dB), tracked landmarks in", _fmt(r["renderer"]["psnr_db"])),
                 ("renderer SSIM", _fmt(r["renderer"]["ssim"])),
+                *([("renderer LPIPS (AlexNet)", _fmt(r["renderer"]["lpips_alex"]))]
+                  if "lpips_alex" in r["renderer"] else []),
                 ("audio->mouth M-LMD (px in a 512 crop)", _fmt(r["audio_to_mouth"]["m_lmd_px"])),
                 ("audio->mouth opening correlation", _fmt(r["audio_to_mouth"]["opening_correlation"]))]
         if r["end_to_end"]:
