@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lpips_alexnet", type=Path, default=None,
                    help="torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth): with --lpips_lin, adds LPIPS")
     p.add_argument("--lpips_lin", type=Path, default=None, help="the LPIPS AlexNet heads (alex.pth of LPIPS v0.1)")
+    p.add_argument("--syncnet_ckpt", type=Path, default=None,
+                   help="SyncNet weights (syncnet_v2.model of syncnet_python): adds LSE-D / LSE-C to the report")
     args = p.parse_args(argv)
     if (args.lpips_alexnet is None) != (args.lpips_lin is None):
         p.error("--lpips_alexnet and --lpips_lin go together")
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     print("\n== evaluate", flush=True)
     lpips = (a.lpips_alexnet, a.lpips_lin) if a.lpips_alexnet is not None else None
-    report = evaluate_identity(a.id, a.config_dir, out, driving, a.device, timings, a.speech, lpips)
+    report = evaluate_identity(a.id, a.config_dir, out, driving, a.device, timings, a.speech, lpips, a.syncnet_ckpt)
     timings["evaluate_s"] = time.time() - t
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
     return 0

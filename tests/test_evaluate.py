@@ -7,13 +7,15 @@ import math
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
-from conftest import load_script
+from conftest import FIXTURES, load_script
 
 from util import metrics as M
 from util.errors import InputError
 from util.evaluate import mouth_scores
 from util.lpips import LPIPS, alexnet_features
+from util.syncnet import SyncNet, mfcc, score_video
 from util.synthetic import synthetic_face
 
 
@@ -71,6 +73,37 @@ def test_lpips_zero_for_identical_and_growing_with_noise(tmp_path):
     assert net.distance(noisy[1], img) == pytest.approx(large, rel=1e-5)  # symmetric
     with pytest.raises(InputError, match="missing weight features.3.weight"):
         LPIPS.from_files(*lpips_files(tmp_path, drop="features.3.weight"))
+
+
+def test_mfcc_equals_python_speech_features():
+    audio, rate = sf.read(FIXTURES / "speech_3s.wav", dtype="float32")
+    reference = np.load(FIXTURES / "speech_3s_mfcc_psf.npy")  # python_speech_features.mfcc(int16 samples, 16000)
+    np.testing.assert_allclose(mfcc(audio * 32768.0, rate), reference, rtol=1e-5, atol=1e-4)
+
+
+def syncnet_file(path, drop: str | None = None, extra: str | None = None):
+    """Random weights in the layout of syncnet_python's syncnet_v2.model (no BatchNorm counters)."""
+    torch.manual_seed(0)
+    state = {k: v for k, v in SyncNet().state_dict().items() if not k.endswith("num_batches_tracked")}
+    state.pop(drop, None)
+    if extra:
+        state[extra] = torch.zeros(1)
+    torch.save(state, path)
+    return path
+
+
+def test_syncnet_loads_strictly_and_scores_a_real_clip(tmp_path, landmarker):
+    net = SyncNet.from_file(syncnet_file(tmp_path / "s.model"))
+    with pytest.raises(InputError, match="missing weight netcnnlip.0.weight"):
+        SyncNet.from_file(syncnet_file(tmp_path / "bad.model", drop="netcnnlip.0.weight"))
+    with pytest.raises(InputError, match="unexpected weight extra.weight"):
+        SyncNet.from_file(syncnet_file(tmp_path / "bad.model", extra="extra.weight"))
+    clip = FIXTURES / "talk_4s.mp4"  # 4 s at 25 fps with its own speech
+    from util.audio import load_audio
+
+    scores = score_video(net, clip, load_audio(clip))
+    assert math.isfinite(scores["lse_d"]) and scores["lse_d"] > 0 and scores["lse_c"] >= 0
+    assert abs(scores["offset_frames"]) <= 15 and scores["windows"] == 95
 
 
 @pytest.mark.slow

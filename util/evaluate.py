@@ -7,8 +7,8 @@
   the real tracks, so lip sync is measured on pixels, not only on our own landmarks;
 * head pose: statistics of sampled poses against the real ones;
 * speed: frames/s of each inference stage in this run.
-Metrics that need weights we cannot obtain here (SyncNet LSE-C/D, FID; LPIPS unless its files are given)
-are listed as skipped.
+Metrics that need weights we cannot obtain here are listed as skipped: FID always, SyncNet LSE-C/D and
+LPIPS unless their weight files are given.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from util.video import VideoReader
 
 log = logging.getLogger("lsp")
 SKIPPED = {
-    "LSE-C / LSE-D (SyncNet)": "needs the SyncNet weights (syncnet_v2.model), which cannot be downloaded here",
+    "LSE-C / LSE-D (SyncNet)": "needs the SyncNet weights, which cannot be downloaded here (give them with "
+                               "quickstart.py --syncnet_ckpt syncnet_v2.model)",
     "LPIPS": "needs ImageNet AlexNet and LPIPS weights, which cannot be downloaded here (give them with "
              "quickstart.py --lpips_alexnet alexnet-owt-7be5be79.pth --lpips_lin alex.pth)",
     "FID": "needs InceptionV3 ImageNet weights, which cannot be downloaded here",
@@ -68,6 +69,19 @@ def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: i
     return out, samples
 
 
+def lip_sync_scores(ckpt: Path, clip: Path, src: dict, audio: np.ndarray, rendered: Path, other: np.ndarray,
+                    driving: dict[str, Path], out_dir: Path, device: torch.device) -> dict:
+    """LSE-D / LSE-C of the real held-out frames, our held-out video and our other-speaker video."""
+    from util.syncnet import SyncNet, score_frames, score_video
+
+    net = SyncNet.from_file(ckpt).to(device)
+    real = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in sorted((clip / "frames").glob("*.jpg"))]
+    stem = driving["other_speaker"].stem
+    return {"real_heldout": score_frames(net, real, float(src["fps"]), audio),
+            "ours_heldout": score_video(net, rendered, audio),
+            "ours_other_speaker": score_video(net, out_dir / stem / f"{stem}.mp4", other)}
+
+
 def track_video(path: Path) -> tuple[np.ndarray, float]:
     """Pose-free landmarks (N, 73, 3) of a rendered video, tracked with the preprocessing tracker."""
     reader = VideoReader(path)
@@ -102,10 +116,11 @@ def audio_envelope(audio: np.ndarray, fps: float, n: int, sample_rate: int = 160
 
 def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: dict[str, Path], device: str,
                       timings: dict, speech_dir: Path | None = None,
-                      lpips_files: tuple[Path, Path] | None = None) -> Path:
+                      lpips_files: tuple[Path, Path] | None = None, syncnet_ckpt: Path | None = None) -> Path:
     """Evaluate data/<identity> with its trained networks; writes metrics.json and report.html in out_dir.
 
-    `lpips_files` (AlexNet, LPIPS heads) adds LPIPS to the renderer's scores (util/lpips.py)."""
+    `lpips_files` (AlexNet, LPIPS heads) adds LPIPS to the renderer's scores (util/lpips.py);
+    `syncnet_ckpt` adds LSE-D / LSE-C of the real and the rendered videos (util/syncnet.py)."""
     from util.report import write_report
 
     pipe = PortraitPipeline.from_identity(identity, device, config_dir)
@@ -150,7 +165,11 @@ def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: d
         "mouth_vs_loudness": M.correlation(M.mouth_opening(pred_other.face3d),
                                            audio_envelope(other, pipe.fps, pred_other.n_frames))}
     results["speed"] = {**speed, **{k: round(v, 1) for k, v in timings.items()}}
-    results["skipped_metrics"] = {k: v for k, v in SKIPPED.items() if not (k == "LPIPS" and lpips is not None)}
+    if syncnet_ckpt is not None:
+        results["lip_sync"] = lip_sync_scores(syncnet_ckpt, clip, src, audio, rendered, other, driving, out_dir,
+                                              pipe.renderer.device)
+    done = {"LPIPS": lpips is not None, "LSE-C / LSE-D (SyncNet)": syncnet_ckpt is not None}
+    results["skipped_metrics"] = {k: v for k, v in SKIPPED.items() if not done.get(k)}
     results["training"] = _training_summary(pipe.cfg, speech_dir)
     series = {"real": M.mouth_opening(real["pts3d"]), "predicted": M.mouth_opening(pred.face3d),
               "rendered, tracked": M.mouth_opening(tracked) if len(tracked) else None}

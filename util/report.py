@@ -116,6 +116,11 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
         if r["end_to_end"]:
             rows += [("end to end M-LMD (rendered video re-tracked, px)", _fmt(r["end_to_end"]["m_lmd_px"])),
                      ("end to end opening correlation", _fmt(r["end_to_end"]["opening_correlation"]))]
+        for label, key in (("real held-out", "real_heldout"), ("ours, held-out audio", "ours_heldout"),
+                           ("ours, other speaker", "ours_other_speaker")):
+            if key in r.get("lip_sync", {}):
+                rows.append((f"LSE-D / LSE-C (SyncNet): {label}",
+                             f"{_fmt(r['lip_sync'][key]['lse_d'])} / {_fmt(r['lip_sync'][key]['lse_c'])}"))
         rows += [("mouth opening vs loudness: predicted / real", f"{_fmt(r['mouth_vs_loudness']['predicted'])} / "
                   f"{_fmt(r['mouth_vs_loudness']['real'])}"),
                  ("head rotation std (deg): sampled", _fmt(r["head_pose"]["sampled"]["rot_std_deg"])),
