@@ -56,6 +56,8 @@ NETWORK = {"apc": "APC", "audio2feature": "Audio2Feature", "audio2headpose": "Au
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from util.evaluate import add_metric_weight_flags, check_metric_weight_flags
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", type=str, default="fast", choices=tuple(PROFILES), help="training budget")
     p.add_argument("--id", type=str, default="example", help="identity name of the example")
@@ -69,14 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data_root", type=Path, default=ROOT / "data", help="identities live here")
     p.add_argument("--config_dir", type=Path, default=ROOT / "config", help="config/<id>.yaml goes here")
     p.add_argument("--force", action="store_true", help="redo every step")
-    p.add_argument("--lpips_alexnet", type=Path, default=None,
-                   help="torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth): with --lpips_lin, adds LPIPS")
-    p.add_argument("--lpips_lin", type=Path, default=None, help="the LPIPS AlexNet heads (alex.pth of LPIPS v0.1)")
-    p.add_argument("--syncnet_ckpt", type=Path, default=None,
-                   help="SyncNet weights (syncnet_v2.model of syncnet_python): adds LSE-D / LSE-C to the report")
+    add_metric_weight_flags(p)
     args = p.parse_args(argv)
-    if (args.lpips_alexnet is None) != (args.lpips_lin is None):
-        p.error("--lpips_alexnet and --lpips_lin go together")
+    check_metric_weight_flags(p, args)
     return args
 
 
@@ -120,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     import json
 
-    import demo
+    from util.errors import InputError
+    from util.evaluate import demo_and_evaluate
     from util.log import get_logger
 
     get_logger()
@@ -144,25 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                  ["--id", a.id, "--only", "apc_features", "--apc_ckpt", str(apc), *common])
     for stage in STAGES:
         train_stage(a, stage, identity, f"{a.id}_{stage}", timings)
-    out = a.results_dir / a.id
-    out.mkdir(parents=True, exist_ok=True)
-    val_clip = (identity / "val_list.txt").read_text().split()[0]
-    tail = out / "heldout_tail.wav"  # the held-out tail's own speech, under a name the results can carry
-    tail.write_bytes((identity / "clips" / val_clip / "audio.wav").read_bytes())
-    driving = {"heldout": tail, "other_speaker": a.driving_audio}
-    for label, audio in driving.items():
-        t = time.time()
-        opt_args = ["--id", a.id, "--driving_audio", str(audio), "--device", a.device, "--config_dir",
-                    str(a.config_dir), "--results_dir", str(a.results_dir), "--overwrite", "--batch_size", "4"]
-        run_step(f"demo: {label} audio", demo.cli, opt_args)
-        timings[f"demo_{label}_s"] = time.time() - t
-    from util.evaluate import evaluate_identity
-
-    t = time.time()
-    print("\n== evaluate", flush=True)
-    lpips = (a.lpips_alexnet, a.lpips_lin) if a.lpips_alexnet is not None else None
-    report = evaluate_identity(a.id, a.config_dir, out, driving, a.device, timings, a.speech, lpips, a.syncnet_ckpt)
-    timings["evaluate_s"] = time.time() - t
+    try:
+        report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
+                                   timings, a, a.speech)
+    except InputError as err:
+        raise SystemExit(f"quickstart.py: error: {err}") from err
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
     return 0
 

@@ -106,6 +106,15 @@ def test_syncnet_loads_strictly_and_scores_a_real_clip(tmp_path, landmarker):
     assert abs(scores["offset_frames"]) <= 15 and scores["windows"] == 95
 
 
+def test_evaluate_script_bad_inputs(tmp_path, capsys):
+    evaluate = load_script("evaluate")
+    assert evaluate.main(["--id", "nobody", "--driving_audio", "x.wav", "--data_root", str(tmp_path)]) == 2
+    assert "identity folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--id", "a", "--driving_audio", "x.wav", "--lpips_lin", "alex.pth"])
+    assert "--lpips_alexnet and --lpips_lin go together" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_quickstart_tiny_profile(tmp_path, landmarker):

@@ -25,6 +25,7 @@ import torch
 from models.pipeline import PortraitPipeline
 from util import metrics as M
 from util.audio import load_audio
+from util.errors import InputError
 from util.face_tracker import FaceTracker, ensure_landmarker
 from util.tracks import fill_gaps, lsp_geometry, resample
 from util.video import VideoReader
@@ -200,3 +201,51 @@ def _training_summary(cfg: dict, speech_dir: Path | None) -> dict:
 def resample_to(values: np.ndarray, n: int) -> np.ndarray:
     """Stretch a series to n samples (for plots of series at different rates)."""
     return resample(values, len(values), n) if len(values) else values
+
+
+def add_metric_weight_flags(p) -> None:  # noqa: ANN001 - an argparse.ArgumentParser
+    """--lpips_alexnet / --lpips_lin / --syncnet_ckpt: the optional metrics' weight files."""
+    p.add_argument("--lpips_alexnet", type=Path, default=None,
+                   help="torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth): with --lpips_lin, adds LPIPS")
+    p.add_argument("--lpips_lin", type=Path, default=None, help="the LPIPS AlexNet heads (alex.pth of LPIPS v0.1)")
+    p.add_argument("--syncnet_ckpt", type=Path, default=None,
+                   help="SyncNet weights (syncnet_v2.model of syncnet_python): adds LSE-D / LSE-C to the report")
+
+
+def check_metric_weight_flags(p, args) -> None:  # noqa: ANN001
+    if (args.lpips_alexnet is None) != (args.lpips_lin is None):
+        p.error("--lpips_alexnet and --lpips_lin go together")
+
+
+def demo_and_evaluate(identity: str, data_root: Path, config_dir: Path, results_dir: Path, other_audio: Path,
+                      device: str, timings: dict, args, speech_dir: Path | None = None) -> Path:  # noqa: ANN001
+    """Drive the identity with its held-out tail's speech and with `other_audio` (demo.py), then evaluate;
+    returns the report. `args` carries the metric weight flags."""
+    import demo
+
+    out = results_dir / identity
+    out.mkdir(parents=True, exist_ok=True)
+    if not (data_root / identity).is_dir():
+        raise InputError(f"identity folder not found: {data_root / identity} (make it with scripts/preprocess.py)")
+    val_list = data_root / identity / "val_list.txt"
+    if not val_list.is_file() or not val_list.read_text().split():
+        raise InputError(f"{val_list}: no held-out clip to evaluate on (made by scripts/preprocess.py)")
+    val_clip = val_list.read_text().split()[0]
+    tail = out / "heldout_tail.wav"  # the held-out tail's own speech, under a name the results can carry
+    tail.write_bytes((data_root / identity / "clips" / val_clip / "audio.wav").read_bytes())
+    driving = {"heldout": tail, "other_speaker": other_audio}
+    for label, audio in driving.items():
+        t = time.perf_counter()
+        print(f"\n== demo: {label} audio", flush=True)
+        code = demo.cli(["--id", identity, "--driving_audio", str(audio), "--device", device, "--config_dir",
+                         str(config_dir), "--results_dir", str(results_dir), "--overwrite", "--batch_size", "4"])
+        if code != 0:
+            raise InputError(f"demo.py failed on {audio} (exit {code}); see the message above")
+        timings[f"demo_{label}_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    print("\n== evaluate", flush=True)
+    lpips = (args.lpips_alexnet, args.lpips_lin) if args.lpips_alexnet is not None else None
+    report = evaluate_identity(identity, config_dir, out, driving, device, timings, speech_dir, lpips,
+                               args.syncnet_ckpt)
+    timings["evaluate_s"] = time.perf_counter() - t
+    return report
