@@ -138,7 +138,7 @@ def main(opt: argparse.Namespace) -> dict:
     finally:
         visualizer.close()
     if rank == 0 and opt.model in STAGE_CONFIG_KEYS:
-        update_identity_config(opt, "best" if best is not None else "latest")
+        update_identity_config(opt, "best" if best is not None and opt.config_checkpoint == "best" else "latest")
     cleanup()
     return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 

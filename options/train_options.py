@@ -66,6 +66,9 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--config_dir", type=Path, default=CONFIG_DIR,
                             help="after training, config/<id>.yaml here (id = the --dataroot folder) is pointed "
                                  "at the trained network")
+        parser.add_argument("--config_checkpoint", type=str, default="best", choices=("best", "latest"),
+                            help="which checkpoint config/<id>.yaml is pointed at after training: the best by "
+                                 "validation (when there was one) or the last")
         parser.add_argument("--debug", action="store_true",
                             help="one epoch on 10 samples, printing and displaying every iteration")
         return parser

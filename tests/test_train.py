@@ -89,6 +89,18 @@ def test_training_writes_logs_pages_and_test_metrics(identity, tmp_path):
     assert (tmp_path / "res" / "audio2feature" / "val_latest" / "index.html").is_file()
 
 
+def test_headpose_config_points_at_the_last_model(identity, tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / f"{identity.name}.yaml").write_text("fps: 60\n")
+    args = train_args(identity, tmp_path, "audio2headpose", "--n_epochs", "2", "--n_epochs_decay", "0",
+                      "--val_freq", "1", "--config_dir", str(tmp_path / "config"))
+    assert train.cli(args) == 0
+    run = tmp_path / "ckpt" / "audio2headpose"
+    assert (run / "best_net_Audio2Headpose.pth").is_file()  # validation still keeps the best ...
+    cfg = (tmp_path / "config" / f"{identity.name}.yaml").read_text()
+    assert str(run / "latest_net_Audio2Headpose.pth") in cfg  # ... but the demo gets the last (--config_checkpoint)
+
+
 @pytest.mark.parametrize("model,steps,factor", [("apc", 60, 3), ("audio2feature", 80, 10), ("feature2face", 80, 3),
                                                 ("audio2headpose", 60, None)])
 def test_overfits_a_tiny_batch(identity, model, steps, factor, tmp_path):
