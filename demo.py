@@ -54,7 +54,8 @@ def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, pos
     fixed = None
     if poses is not None:
         fixed = lambda start, m: (poses[0][start : start + m], poses[1][start : start + m])  # noqa: E731
-    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size, opt.frame_step, fixed, opt.hop_ms)
+    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size, opt.frame_step, fixed, opt.hop_ms,
+                               max_lag_ms=opt.max_lag_ms or None)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / f"{name}.mp4"
     recorded: list[np.ndarray] = []
@@ -75,7 +76,7 @@ def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, pos
     summary = {k: round(v, 2) for k, v in stats.summary().items()}
     print(f"live: {stats.frames} frames, latency p50 {summary['stream_latency_ms_p50']} ms, p95 "
           f"{summary['stream_latency_ms_p95']} ms, {summary['stream_fps']} frames/s, real-time factor "
-          f"{summary['real_time_factor']}")
+          f"{summary['real_time_factor']}, {stats.dropped} frames skipped to stay live")
     return {"video": video, **summary}
 
 

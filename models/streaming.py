@@ -13,6 +13,7 @@ Frame t is final once audio up to frame t + max(18 + smooth_lookahead, 15) has a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -330,6 +331,7 @@ class RenderedFrame:
     rgb: np.ndarray  # (H, W, 3) uint8
     feature_map: np.ndarray  # (H, W) uint8
     landmarks: FrameBatch  # this frame's audio-side results (a batch of one)
+    dropped: bool = False  # not rendered in time (StreamingSession max_lag_ms): rgb repeats the previous frame
 
 
 class StreamingSession:
@@ -343,12 +345,21 @@ class StreamingSession:
             has a fixed cost (the manifold search reads the whole feature database, the recurrent
             networks' weights are read again), so a 10 ms cadence would cost far more than the audio
             it adds; a hop of 50 ms adds at most 50 ms of latency. The frames do not depend on it.
+        max_lag_ms: keep a live session live on a device that cannot render every frame in time: a
+            frame that is already this late (beyond the models' own lookahead, counted from the live
+            arrival of its audio, which starts with the first push) is not rendered when a newer frame
+            is waiting; it comes out marked `dropped`, carrying the previous image, so a video written
+            from every frame stays in sync with the audio. None never drops.
     """
 
     def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None, batch_size: int = 1,  # noqa: ANN001
                  frame_step: int = 1, poses=None, hop_ms: float = DEFAULT_HOP_MS,  # noqa: ANN001
-                 renderer=None) -> None:  # noqa: ANN001 - a models.pipeline.FaceRenderer (default: the pipeline's)
+                 renderer=None, max_lag_ms: float | None = None) -> None:  # noqa: ANN001 - a FaceRenderer
         self.pipe, self.batch_size, self.frame_step = pipe, batch_size, frame_step
+        self.max_lag = None if max_lag_ms is None else max_lag_ms / 1000
+        self.lookahead = max(pipe.mouth.frame_future + pipe.mouth.smooth_lookahead, pipe.headpose.frame_future)
+        self.start: float | None = None  # live clock: when sample 0 arrived
+        self.last: RenderedFrame | None = None
         self.renderer = pipe.renderer if renderer is None else renderer
         self.audio = AudioSideStream(pipe, seed, sigma_scale, poses)
         self.queue: list[FrameBatch] = []
@@ -362,15 +373,28 @@ class StreamingSession:
             self.queue += [_select(batch, i) for i in keep]
         out = []
         while self.queue and (flush or len(self.queue) >= self.batch_size):
+            while self.last is not None and len(self.queue) > 1 and self._late(self.queue[0].start):
+                b = self.queue.pop(0)
+                out.append(RenderedFrame(b.start, self.last.rgb, self.last.feature_map, b, dropped=True))
             todo, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
             maps = self.renderer.feature_maps(np.concatenate([b.face2d for b in todo]),
-                                                   np.concatenate([b.shoulders2d for b in todo]))
+                                              np.concatenate([b.shoulders2d for b in todo]))
             frames = self.renderer(maps)
             out += [RenderedFrame(b.start, f, m, b) for b, f, m in zip(todo, frames, maps)]
+            self.last = out[-1]
         return out
 
+    def _late(self, index: int) -> bool:
+        """Whether frame `index` is already more than max_lag behind the live clock."""
+        if self.max_lag is None or self.start is None:
+            return False
+        ready = self.start + (index + 1 + self.lookahead) / self.pipe.fps  # its audio and lookahead arrived
+        return time.perf_counter() - ready > self.max_lag
+
     def push(self, samples: np.ndarray) -> list[RenderedFrame]:
-        """Add audio (16 kHz mono float, any length); returns the frames rendered from it, if any."""
+        """Add audio (16 kHz mono float, any length) as it arrives; returns the frames rendered from it."""
+        if self.start is None:  # the first chunk has just arrived: its first sample came its length ago
+            self.start = time.perf_counter() - np.size(samples) / self.pipe.sample_rate
         self.pending.append(np.asarray(samples, dtype=np.float32).reshape(-1))
         self.pending_samples += self.pending[-1].size
         if self.pending_samples < self.hop:
@@ -417,22 +441,22 @@ class StreamStats:
     """Latency from the arrival of a frame's own audio to the frame being ready, and throughput."""
 
     latencies_ms: list[float]
-    frames: int
+    frames: int  # rendered
     audio_seconds: float
     wall_seconds: float
+    dropped: int = 0  # skipped to stay live (StreamingSession max_lag_ms)
 
     def summary(self) -> dict[str, float]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.full(1, np.nan)
         return {"stream_latency_ms_p50": float(np.percentile(lat, 50)),
                 "stream_latency_ms_p95": float(np.percentile(lat, 95)),
                 "stream_fps": self.frames / self.wall_seconds,
-                "real_time_factor": self.wall_seconds / self.audio_seconds}
+                "real_time_factor": self.wall_seconds / self.audio_seconds,
+                "stream_dropped_frames": float(self.dropped)}
 
 
 def paced_chunks(audio: np.ndarray, chunk_seconds: float, sample_rate: int, paced: bool = True):  # noqa: ANN201
     """Chunks of `audio`, each yielded no earlier than it would have arrived live (when `paced`)."""
-    import time
-
     step = max(1, round(chunk_seconds * sample_rate))
     start = time.perf_counter()
     for i in range(0, len(audio), step):
@@ -449,20 +473,21 @@ def run_live(session: StreamingSession, chunks, sample_rate: int, on_frame=None)
     frame's own audio arrived live (the source delivers sample k at start + k / sample_rate, whether or
     not we were ready to read it) to the frame being ready. A session slower than real time thus shows
     a growing latency instead of hiding it."""
-    import time
-
     fps = session.pipe.fps
     latencies: list[float] = []
-    frames, received = 0, 0
+    frames, received, dropped = 0, 0, 0
     start = time.perf_counter()
 
     def handle(out: list[RenderedFrame]) -> None:
-        nonlocal frames
+        nonlocal frames, dropped
         now = time.perf_counter()
         for f in out:
-            need = min((f.index + 1) / fps * sample_rate, received)  # samples of the frame's own audio
-            latencies.append(1000 * (now - start - need / sample_rate))
-            frames += 1
+            if f.dropped:
+                dropped += 1
+            else:
+                need = min((f.index + 1) / fps * sample_rate, received)  # samples of the frame's own audio
+                latencies.append(1000 * (now - start - need / sample_rate))
+                frames += 1
             if on_frame is not None:
                 on_frame(f)
 
@@ -470,4 +495,4 @@ def run_live(session: StreamingSession, chunks, sample_rate: int, on_frame=None)
         received += len(chunk)
         handle(session.push(chunk))
     handle(session.finish())
-    return StreamStats(latencies, frames, received / sample_rate, time.perf_counter() - start)
+    return StreamStats(latencies, frames, received / sample_rate, time.perf_counter() - start, dropped)

@@ -51,6 +51,9 @@ class DemoOptions:
         parser.add_argument("--hop_ms", type=non_negative_float, default=50.0,
                             help="live modes: run the audio side once this much new audio has come (each run has "
                                  "a fixed cost; the frames do not depend on it, the latency grows by up to it)")
+        parser.add_argument("--max_lag_ms", type=non_negative_float, default=150.0,
+                            help="live modes: a frame this late beyond the models' lookahead is skipped (the "
+                                 "previous image repeats) so the session stays live; 0 renders every frame")
         parser.add_argument("--frame_step", type=positive_int, default=1,
                             help="render every n-th model frame (2 = 30 fps from a 60 fps model) to keep up live")
         parser.add_argument("--verbose", action="store_true", help="log more")

@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--chunk_ms", type=float, default=20.0, help="live session: audio chunk length")
     p.add_argument("--frame_step", type=int, default=1, help="live session: render every n-th frame")
     p.add_argument("--hop_ms", type=float, default=50.0, help="live session: audio-side cadence")
+    p.add_argument("--max_lag_ms", type=float, default=0.0,
+                   help="live session: skip frames later than this to stay live (0 = render every frame)")
     p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "onnx"),
                    help="live session: renderer backend (onnx exports the renderer to a temporary file)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -230,7 +232,8 @@ def stream(args: argparse.Namespace, pipe, audio, workdir: Path) -> dict:  # noq
 
     clip = audio[: int(args.stream_seconds * pipe.sample_rate)]
     renderer = onnx_copy(pipe, workdir) if args.stream_backend == "onnx" else None
-    session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step, hop_ms=args.hop_ms, renderer=renderer)
+    session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step, hop_ms=args.hop_ms, renderer=renderer,
+                               max_lag_ms=args.max_lag_ms or None)
     stats = run_live(session, paced_chunks(clip, args.chunk_ms / 1000, pipe.sample_rate), pipe.sample_rate)
     return {**{k: round(v, 2) for k, v in stats.summary().items()}, "stream_frames": stats.frames,
             "stream_frame_step": args.frame_step, "stream_chunk_ms": args.chunk_ms, "stream_hop_ms": args.hop_ms,

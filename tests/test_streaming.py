@@ -98,6 +98,14 @@ def test_latency_grows_when_the_renderer_cannot_keep_up(pipe, speech):
     assert stats.frames == 60 and stats.summary()["real_time_factor"] > 1.2
     assert lat[-10:].mean() > lat[:10].mean() + 300  # falling behind shows, it is not hidden
 
+    # with max_lag_ms the session skips late frames instead, and every index still comes out in order
+    session = StreamingSession(pipe, renderer=SlowRenderer(), max_lag_ms=50)
+    out = []
+    stats = run_live(session, paced_chunks(speech[:16000], 0.02, 16000), 16000, on_frame=out.append)
+    assert [f.index for f in out] == list(range(60)) and stats.dropped > 0 and stats.frames + stats.dropped == 60
+    assert all(f.rgb is not None for f in out) and not out[0].dropped
+    assert max(stats.latencies_ms) < min(lat[-10:])  # stays live
+
 
 @pytest.mark.parametrize("sigma,chunks", [(2.0, [1] * 40), (1.5, [7, 13, 1, 19]), (3.0, [40])])
 def test_symmetric_smoother_streams_like_scipy(sigma, chunks):
