@@ -361,6 +361,7 @@ class StreamingSession:
         self.start: float | None = None  # live clock: when sample 0 arrived
         self.last: RenderedFrame | None = None
         self.renderer = pipe.renderer if renderer is None else renderer
+        self.renderer.warm_up(batch_size)  # first-call costs (compilers, runtimes) before any frame is due
         self.audio = AudioSideStream(pipe, seed, sigma_scale, poses)
         self.queue: list[FrameBatch] = []
         self.hop = max(1, round(hop_ms / 1000 * pipe.sample_rate))

@@ -37,8 +37,10 @@ class DemoOptions:
                                  "(auto: on with CUDA, off on a CPU, where the stages share the same cores)")
         parser.add_argument("--overwrite", action="store_true",
                             help="write into an existing results folder, replacing the files this demo makes")
-        parser.add_argument("--backend", type=str, default="torch", choices=("torch", "onnx"),
-                            help="renderer backend; onnx runs the file scripts/export_onnx.py writes on the CPU")
+        parser.add_argument("--backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
+                            help="renderer backend: torch eager; compile (torch.compile, CUDA graphs on a GPU; "
+                                 "compiling takes a while first); onnx (the file scripts/export_onnx.py writes, "
+                                 "on the CPU)")
         parser.add_argument("--stream", action="store_true",
                             help="live mode: feed the audio paced as if it arrived in real time, render frames as "
                                  "soon as the lookahead allows, and print the latency")

@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--device", type=str, default="cpu", help="cpu or cuda")
     p.add_argument("--onnx", action="store_true", help="also time the renderer exported to onnxruntime")
+    p.add_argument("--compile", action="store_true", help="also time the renderer through torch.compile")
     p.add_argument("--offline_seconds", type=float, default=1.0,
                    help="time a whole offline run (audio side, render, H.264 encode) on this much audio: offline_fps")
     p.add_argument("--stream_seconds", type=float, default=0.0,
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hop_ms", type=float, default=50.0, help="live session: audio-side cadence")
     p.add_argument("--max_lag_ms", type=float, default=0.0,
                    help="live session: skip frames later than this to stay live (0 = render every frame)")
-    p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "onnx"),
+    p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
                    help="live session: renderer backend (onnx exports the renderer to a temporary file)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
@@ -179,6 +180,11 @@ def run(args: argparse.Namespace, pipe, workdir: Path) -> dict:  # noqa: ANN001
         stage("render_onnx", lambda: [onnx_renderer(maps[i : i + args.batch_size])
                                       for i in range(0, r, args.batch_size)], r)
 
+    if args.compile:
+        compiled = compiled_copy(pipe)
+        stage("render_compiled", lambda: [compiled(maps[i : i + args.batch_size])
+                                          for i in range(0, r, args.batch_size)], r)
+
     ms = {k: 1000 * t / f for k, (t, f) in timings.items()}
     ours = sum(ms[k] for k in AUDIO_SIDE if k in ms)
     reference = ours - ms["mel"] - ms["audio2headpose"] + ms["reference_mel"] + ms["reference_audio2headpose"]
@@ -191,11 +197,22 @@ def run(args: argparse.Namespace, pipe, workdir: Path) -> dict:  # noqa: ANN001
         "offline_fps_from_stages": round(1000 / (ours + ms["feature_map"] + ms["render"]), 3),
         **({"onnx_render_fps": round(1000 / (ms["feature_map"] + ms["render_onnx"]), 3),
             "onnx_speedup": round(ms["render"] / ms["render_onnx"], 2)} if args.onnx else {}),
+        **({"compiled_render_fps": round(1000 / (ms["feature_map"] + ms["render_compiled"]), 3),
+            "compile_speedup": round(ms["render"] / ms["render_compiled"], 2)} if args.compile else {}),
         "setup": {"device": str(dev), "threads": torch.get_num_threads(), "seconds": args.seconds, "frames": n,
                   "fps": pipe.fps, "image_size": list(a.image_size), "generator": pipe.renderer.net.cfg.size,
                   "ngf": pipe.renderer.net.cfg.ngf, "database_frames": 0 if enc.database is None else
                   int(enc.database.features.shape[0]), "batch_size": args.batch_size, "torch": torch.__version__},
     }
+
+
+def compiled_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer through torch.compile
+    """The pipeline's renderer with its network through torch.compile (compiled on its first call)."""
+    from models.pipeline import compile_renderer
+
+    renderer = copy.copy(pipe.renderer)
+    renderer.net = compile_renderer(pipe.renderer.net, pipe.renderer.device)
+    return renderer
 
 
 def onnx_copy(pipe, workdir: Path):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
@@ -231,7 +248,8 @@ def stream(args: argparse.Namespace, pipe, audio, workdir: Path) -> dict:  # noq
     from models.streaming import StreamingSession, paced_chunks, run_live
 
     clip = audio[: int(args.stream_seconds * pipe.sample_rate)]
-    renderer = onnx_copy(pipe, workdir) if args.stream_backend == "onnx" else None
+    renderer = {"onnx": lambda: onnx_copy(pipe, workdir), "compile": lambda: compiled_copy(pipe),
+                "torch": lambda: None}[args.stream_backend]()
     session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step, hop_ms=args.hop_ms, renderer=renderer,
                                max_lag_ms=args.max_lag_ms or None)
     stats = run_live(session, paced_chunks(clip, args.chunk_ms / 1000, pipe.sample_rate), pipe.sample_rate)

@@ -88,6 +88,9 @@ def test_latency_grows_when_the_renderer_cannot_keep_up(pipe, speech):
         def feature_maps(self, face2d, shoulders2d):
             return pipe.renderer.feature_maps(face2d, shoulders2d)
 
+        def warm_up(self, batch_size):
+            pass
+
         def __call__(self, maps):
             time.sleep(0.025 * len(maps))
             return np.zeros((len(maps), *maps.shape[1:], 3), np.uint8)
@@ -146,6 +149,16 @@ def test_onnx_renderer_equals_torch(pipe, tmp_path):
     onnx = copy.copy(pipe.renderer)
     onnx.session = _onnx_session(path)
     assert np.abs(onnx(maps).astype(int) - pipe.renderer(maps).astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_compiled_renderer_equals_eager(project, pipe, speech):
+    compiled = PortraitPipeline.from_identity("tiny", "cpu", project / "config", backend="compile")
+    pred = pipe.predict(speech[:16000], seed=0)
+    maps = pipe.renderer.feature_maps(pred.face2d[:3], pred.shoulders2d[:3])
+    diff = np.abs(compiled.renderer(maps).astype(int) - pipe.renderer(maps).astype(int)).max()
+    assert diff <= 1
 
 
 def test_demo_stream_and_onnx_backend(project, tmp_path, capsys):
