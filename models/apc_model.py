@@ -20,6 +20,7 @@ from util.visualizer import spectrogram_image
 
 class APCModel(BaseModel):
     default_dataset_mode = "audio"
+    init_weights_optional = ("postnet.",)  # a released encoder may come without its pre-training postnet
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:

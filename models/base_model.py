@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from util.checkpoint import atomic_save, load_file, load_strict, save_network
+from util.checkpoint import atomic_save, init_network, load_file, load_strict, save_network
 from util.distributed import is_distributed, world_info
 from util.errors import InputError, MissingFileError
 
@@ -136,6 +136,12 @@ class BaseModel(ABC):
         if missing:
             raise AttributeError(f"{type(self).__name__} lists model_names {missing} without net<Name> modules")
         if self.is_train:
+            init = getattr(self.opt, "init_weights", None)
+            if init is not None and not self.opt.continue_train:
+                name = self.model_names[0]
+                init_network(getattr(self, "net" + name), init, name, "--init_weights", self.init_weights_strip,
+                             self.init_weights_optional)
+                log.info("net%s initialised from %s", name, init)
             self.schedulers = [get_scheduler(o, self.opt) for o in self.optimizers]
             if self.distributed:  # one replica per process; gradients are averaged in backward
                 ids = [self.device.index] if self.device.type == "cuda" else None
@@ -172,6 +178,8 @@ class BaseModel(ABC):
         return {k: float(v) for k, v in self.get_current_losses().items()}
 
     best_metric_mode = "min"  # whether a lower or higher first metric is better
+    init_weights_strip: tuple[str, ...] = ("module.",)  # --init_weights: prefixes of released raw state dicts
+    init_weights_optional: tuple[str, ...] = ()  # --init_weights: weights a released file may lack
 
     def validate(self, loader: torch.utils.data.DataLoader) -> dict[str, float]:
         """Mean of current_metrics() over a loader, in eval mode; back to train mode after."""

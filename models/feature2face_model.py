@@ -32,6 +32,7 @@ log = logging.getLogger("lsp")
 
 class Feature2FaceModel(BaseModel):
     default_dataset_mode = "face"
+    init_weights_strip = ("module.", "netG.")  # the release's Feature2Face.pkl holds module.netG.*
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:

@@ -66,6 +66,10 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--config_dir", type=Path, default=CONFIG_DIR,
                             help="after training, config/<id>.yaml here (id = the --dataroot folder) is pointed "
                                  "at the trained network")
+        parser.add_argument("--init_weights", type=Path, default=None,
+                            help="start the stage's network (APC, Audio2Feature, Audio2Headpose, or the Feature2Face "
+                                 "generator) from these weights to fine-tune: our checkpoint or the authors' "
+                                 ".pkl/.model; sizes must match; ignored with --continue_train")
         parser.add_argument("--config_checkpoint", type=str, default="best", choices=("best", "latest"),
                             help="which checkpoint config/<id>.yaml is pointed at after training: the best by "
                                  "validation (when there was one) or the last")

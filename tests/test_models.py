@@ -73,3 +73,28 @@ def test_setup_rejects_undeclared_network(tmp_path):
 def test_unknown_model_lists_available():
     with pytest.raises(ValueError, match="unknown --model 'nope'; available: apc, audio2feature"):
         registry.find("model", "nope")
+
+
+@pytest.mark.parametrize("name,prefix", [("audio2feature", "module."), ("feature2face", "module.netG.")])
+def test_init_weights_from_a_release_file_or_ours(name, prefix, tmp_path):
+    from util.checkpoint import save_network
+    from util.errors import InputError
+
+    def build(*extra: str):
+        return registry.find("model", name)(make_opt(name, tmp_path, *EXTRA.get(name, []), *extra))
+
+    source = build()
+    net = source.networks()[source.model_names[0]]
+    release = tmp_path / "release.pkl"  # a raw state dict with the release's key prefix
+    torch.save({prefix + k: v for k, v in net.state_dict().items()}, release)
+    ours = tmp_path / "ours.pth"
+    save_network(ours, net, source.model_names[0], net.cfg)
+    for path in (release, ours):
+        model = build("--init_weights", str(path))
+        model.setup()
+        loaded = model.networks()[model.model_names[0]].state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+    torch.save({prefix + k: v for k, v in list(net.state_dict().items())[1:]}, release)
+    model = build("--init_weights", str(release))
+    with pytest.raises(InputError, match="--init_weights"):
+        model.setup()

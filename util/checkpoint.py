@@ -79,6 +79,21 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: str | P
     module.load_state_dict(own)
 
 
+def _read_network_file(path: str | Path, network: str, what: str,
+                       strip: tuple[str, ...]) -> tuple[dict | None, dict, dict]:
+    """(config dict or None for a raw state dict, state dict, meta) of our file or a released raw one."""
+    obj = load_file(path, what)
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} {path}: expected a state dict, found {type(obj).__name__}")
+    if obj.get("format") == FORMAT:
+        if obj.get("network") != network:
+            raise InputError(f"{what} {path}: holds a '{obj.get('network')}' network, expected '{network}'")
+        return obj["config"], obj["state_dict"], obj.get("meta", {})
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{what} {path}: expected a state dict of tensors")
+    return None, _strip_common_prefix(obj, strip), {}
+
+
 def load_network(path: str | Path, network: str, net_cls: type[nn.Module], config_cls: type[C],
                  default_config: C, what: str, strip: tuple[str, ...] = ("module.",),
                  optional_prefixes: tuple[str, ...] = ()) -> tuple[nn.Module, C, dict]:
@@ -91,26 +106,30 @@ def load_network(path: str | Path, network: str, net_cls: type[nn.Module], confi
     Returns:
         (network in eval mode, its config, the file's meta dict).
     """
-    obj = load_file(path, what)
-    if not isinstance(obj, dict):
-        raise InputError(f"{what} {path}: expected a state dict, found {type(obj).__name__}")
-    if obj.get("format") == FORMAT:
-        if obj.get("network") != network:
-            raise InputError(f"{what} {path}: holds a '{obj.get('network')}' network, expected '{network}'")
+    cfg, state, meta = _read_network_file(path, network, what, strip)
+    if cfg is None:
+        config = default_config
+    else:
         try:
-            config = config_cls(**obj["config"])
+            config = config_cls(**cfg)
         except TypeError as err:
             raise InputError(f"{what} {path}: config does not fit {config_cls.__name__} ({err})") from err
-        state, meta = obj["state_dict"], obj.get("meta", {})
-    else:
-        if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise InputError(f"{what} {path}: expected a state dict of tensors")
-        config, state, meta = default_config, _strip_common_prefix(obj, strip), {}
     net = net_cls(config)
     try:
         load_strict(net, state, path, what, optional_prefixes)
     except InputError as err:
-        if obj.get("format") == FORMAT:
+        if cfg is not None:
             raise
         raise InputError(f"{err} (a raw state dict carries no sizes; it was built as {config})") from None
     return net.eval(), config, meta
+
+
+def init_network(net: nn.Module, path: str | Path, network: str, what: str, strip: tuple[str, ...] = ("module.",),
+                 optional_prefixes: tuple[str, ...] = ()) -> None:
+    """Load weights into an existing network (e.g. to fine-tune the authors' release); sizes must match."""
+    import dataclasses
+
+    cfg, state, _ = _read_network_file(path, network, what, strip)
+    if cfg is not None and cfg != dataclasses.asdict(net.cfg):
+        raise InputError(f"{what} {path}: network sizes {cfg} differ from the options' {dataclasses.asdict(net.cfg)}")
+    load_strict(net, state, path, what, optional_prefixes)
