@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+OFFLINE_CUDA_BATCH = 8  # default frames per renderer call offline on a GPU
+
 
 def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
     """Run the demo for parsed options; returns the paths written (and live statistics)."""
@@ -37,7 +39,8 @@ def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
             paths = live(pipeline, opt, out_dir, name, audio, poses)
         else:
             overlap = {"auto": None, "on": True, "off": False}[opt.overlap]
-            paths = pipeline.generate(audio, out_dir, name, opt.seed, opt.sigma_scale, poses, opt.batch_size,
+            batch = opt.batch_size or (OFFLINE_CUDA_BATCH if pipeline.renderer.device.type == "cuda" else 1)
+            paths = pipeline.generate(audio, out_dir, name, opt.seed, opt.sigma_scale, poses, batch,
                                       opt.save_intermediates, overlap)
     if parser is not None:
         save_options(opt, parser, out_dir, "demo")
@@ -54,8 +57,8 @@ def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, pos
     fixed = None
     if poses is not None:
         fixed = lambda start, m: (poses[0][start : start + m], poses[1][start : start + m])  # noqa: E731
-    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size, opt.frame_step, fixed, opt.hop_ms,
-                               max_lag_ms=opt.max_lag_ms or None)
+    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size or 1, opt.frame_step, fixed,
+                               opt.hop_ms, max_lag_ms=opt.max_lag_ms or None)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / f"{name}.mp4"
     recorded: list[np.ndarray] = []

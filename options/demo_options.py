@@ -31,7 +31,9 @@ class DemoOptions:
                                  "(e.g. the identity's 3d_fit_data.npz); looped back and forth to the audio length")
         parser.add_argument("--config_dir", type=Path, default=None,
                             help="folder of <id>.yaml files (default: the project's config/)")
-        parser.add_argument("--batch_size", type=positive_int, default=1, help="frames rendered per network call")
+        parser.add_argument("--batch_size", type=positive_int, default=None,
+                            help="frames rendered per network call (default: 8 offline on CUDA; 1 on a CPU, where "
+                                 "batching was measured slower, and in live modes, where a batch waits for frames)")
         parser.add_argument("--overlap", type=str, default="auto", choices=("auto", "on", "off"),
                             help="offline: run the audio side, the renderer and encoding in overlapped threads "
                                  "(auto: on with CUDA, off on a CPU, where the stages share the same cores)")
