@@ -29,12 +29,12 @@ PROFILES = {
         "apc": ["--apc_hidden_size", "256", "--segment_length", "240", "--batch_size", "16", "--max_iters", "300",
                 "--lr", "1e-3"],
         "audio2feature": ["--sequence_length", "120", "--batch_size", "16", "--frame_jump_stride", "8",
-                          "--max_iters", "600", "--lr", "1e-3", "--val_freq", "5"],
+                          "--max_iters", "300", "--lr", "1e-3", "--val_freq", "5"],  # best by epoch 10, then overfits
         # long windows share the WaveNet's 255-frame receptive field: 2.4x cheaper per target frame
         "audio2headpose": ["--time_frame_length", "240", "--batch_size", "4", "--frame_jump_stride", "10",
                            "--a2h_wavenet_residual_channels", "64", "--a2h_wavenet_dilation_channels", "64",
                            "--a2h_wavenet_skip_channels", "128", "--a2h_wavenet_cond_channels", "256",
-                           "--max_iters", "750", "--lr", "1e-3", "--val_freq", "5"],
+                           "--max_iters", "1200", "--lr", "1e-3", "--val_freq", "5"],
         "feature2face": ["--ngf", "16", "--ndf", "16", "--batch_size", "4", "--max_iters", "700", "--lr", "2e-4",
                          "--n_epochs", "2", "--n_epochs_decay", "1"],
     },
