@@ -71,7 +71,7 @@ def test_lpips_zero_for_identical_and_growing_with_noise(tmp_path):
     small, large = (net.distance(img, n) for n in noisy)
     assert 0 < small < large
     assert net.distance(noisy[1], img) == pytest.approx(large, rel=1e-5)  # symmetric
-    with pytest.raises(InputError, match="missing weight features.3.weight"):
+    with pytest.raises(InputError, match="missing keys: features.3.weight"):
         LPIPS.from_files(*lpips_files(tmp_path, drop="features.3.weight"))
 
 
@@ -94,9 +94,9 @@ def syncnet_file(path, drop: str | None = None, extra: str | None = None):
 
 def test_syncnet_loads_strictly_and_scores_a_real_clip(tmp_path, landmarker):
     net = SyncNet.from_file(syncnet_file(tmp_path / "s.model"))
-    with pytest.raises(InputError, match="missing weight netcnnlip.0.weight"):
+    with pytest.raises(InputError, match="missing keys: netcnnlip.0.weight"):
         SyncNet.from_file(syncnet_file(tmp_path / "bad.model", drop="netcnnlip.0.weight"))
-    with pytest.raises(InputError, match="unexpected weight extra.weight"):
+    with pytest.raises(InputError, match="unexpected keys: extra.weight"):
         SyncNet.from_file(syncnet_file(tmp_path / "bad.model", extra="extra.weight"))
     clip = FIXTURES / "talk_4s.mp4"  # 4 s at 25 fps with its own speech
     from util.audio import load_audio

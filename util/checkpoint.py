@@ -89,9 +89,20 @@ def _read_network_file(path: str | Path, network: str, what: str,
         if obj.get("network") != network:
             raise InputError(f"{what} {path}: holds a '{obj.get('network')}' network, expected '{network}'")
         return obj["config"], obj["state_dict"], obj.get("meta", {})
+    return None, _raw_state(obj, path, what, strip), {}
+
+
+def _raw_state(obj: Any, path: str | Path, what: str, strip: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} {path}: expected a state dict, found {type(obj).__name__}")
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{what} {path}: expected a state dict of tensors")
-    return None, _strip_common_prefix(obj, strip), {}
+    return _strip_common_prefix(obj, strip)
+
+
+def load_state_dict_file(path: str | Path, what: str, strip: tuple[str, ...] = ("module.",)) -> dict[str, torch.Tensor]:
+    """A raw state dict file (e.g. third-party weights), with wrapper prefixes common to all keys removed."""
+    return _raw_state(load_file(path, what), path, what, strip)
 
 
 def load_network(path: str | Path, network: str, net_cls: type[nn.Module], config_cls: type[C],

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from util.errors import InputError, require_file
+from util.checkpoint import load_state_dict_file, load_strict
 
 SHIFT = (-0.030, -0.088, -0.188)  # LPIPS ScalingLayer
 SCALE = (0.458, 0.448, 0.450)
@@ -57,18 +57,19 @@ class LPIPS(nn.Module):
         super().__init__()
         self.features = alexnet_features()
         self.lins = nn.ModuleList([_Head(c) for c in CHANNELS])
-        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1))
+        self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
     def from_files(cls, alexnet: Path, lin: Path) -> LPIPS:
         net = cls()
-        feats = _load(alexnet, "--lpips_alexnet")
-        want = net.features.state_dict()
-        _copy(net.features, {k: feats.get(f"features.{k}") for k in want}, alexnet, "features.")
-        heads = _load(lin, "--lpips_lin")
-        for i, head in enumerate(net.lins):
-            _copy(head, {k: heads.get(f"lin{i}.{k}") for k in head.state_dict()}, lin, f"lin{i}.")
+        # views of the network whose weight names are those of each file
+        features = nn.ModuleDict({"features": net.features})
+        heads = nn.ModuleDict({f"lin{i}": head for i, head in enumerate(net.lins)})
+        alex = load_state_dict_file(alexnet, "--lpips_alexnet")
+        load_strict(features, {k: v for k, v in alex.items() if k.startswith("features.")}, alexnet,
+                    "--lpips_alexnet")  # the file's classifier is not used
+        load_strict(heads, load_state_dict_file(lin, "--lpips_lin"), lin, "--lpips_lin")
         return net.eval()
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -93,24 +94,3 @@ class LPIPS(nn.Module):
                   for x in (a, b))
         return float(self(ta, tb)[0])
 
-
-def _load(path: Path, flag: str) -> dict:
-    require_file(path, flag)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{flag} {path}: not a torch state dict ({err})") from err
-    if not isinstance(state, dict):
-        raise InputError(f"{flag} {path}: expected a state dict, got {type(state).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _copy(module: nn.Module, found: dict, path: Path, prefix: str) -> None:
-    for name, tensor in module.state_dict().items():
-        value = found[name]
-        if value is None:
-            raise InputError(f"{path}: missing weight {prefix}{name}")
-        if tuple(value.shape) != tuple(tensor.shape):
-            raise InputError(f"{path}: weight {prefix}{name} has shape {tuple(value.shape)}, "
-                             f"expected {tuple(tensor.shape)}")
-    module.load_state_dict({k: v.float() for k, v in found.items()})

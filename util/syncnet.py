@@ -23,7 +23,8 @@ from scipy.fft import dct
 from scipy.signal import medfilt
 from torch import nn
 
-from util.errors import InputError, require_file
+from util.checkpoint import load_state_dict_file, load_strict
+from util.errors import InputError
 
 FPS = 25.0
 CROP = 224
@@ -74,29 +75,10 @@ class SyncNet(nn.Module):
     @classmethod
     def from_file(cls, path: Path) -> SyncNet:
         """Strict load of a syncnet_python state dict (BatchNorm counters may be absent)."""
-        require_file(path, "--syncnet_ckpt")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # any unreadable file gets the same message
-            raise InputError(f"--syncnet_ckpt {path}: not a torch state dict ({err})") from err
-        if not isinstance(state, dict):
-            raise InputError(f"--syncnet_ckpt {path}: expected a state dict, got {type(state).__name__}")
+        state = load_state_dict_file(path, "--syncnet_ckpt", strip=("module.", "__S__."))
         net = cls()
-        own = net.state_dict()
-        state = {k.removeprefix("module.").removeprefix("__S__."): v for k, v in state.items()}
-        for key, tensor in own.items():
-            if key not in state:
-                if key.endswith("num_batches_tracked"):
-                    state[key] = tensor
-                    continue
-                raise InputError(f"--syncnet_ckpt {path}: missing weight {key}")
-            if tuple(state[key].shape) != tuple(tensor.shape):
-                raise InputError(f"--syncnet_ckpt {path}: weight {key} has shape {tuple(state[key].shape)}, "
-                                 f"expected {tuple(tensor.shape)}")
-        unexpected = sorted(set(state) - set(own))
-        if unexpected:
-            raise InputError(f"--syncnet_ckpt {path}: unexpected weight {unexpected[0]}")
-        net.load_state_dict(state)
+        counters = {k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")}
+        load_strict(net, {**counters, **state}, path, "--syncnet_ckpt")
         return net.eval()
 
 
