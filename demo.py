@@ -31,11 +31,9 @@ def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         paths = live(pipeline, opt, out_dir, name, record_mic(pipeline.sample_rate, opt.mic_seconds))
     else:
         audio = load_audio(opt.driving_audio, pipeline.sample_rate, what="--driving_audio")
-        poses = None
-        if opt.pose_file is not None:
-            poses = load_pose_file(opt.pose_file, pipeline.check_audio(audio, str(opt.driving_audio)))
+        n_frames = pipeline.check_audio(audio, str(opt.driving_audio))
+        poses = load_pose_file(opt.pose_file, n_frames) if opt.pose_file is not None else None
         if opt.stream:
-            pipeline.check_audio(audio, str(opt.driving_audio))
             paths = live(pipeline, opt, out_dir, name, audio, poses)
         else:
             overlap = {"auto": None, "on": True, "off": False}[opt.overlap]
@@ -54,10 +52,7 @@ def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, pos
     from models.streaming import StreamingSession, paced_chunks, run_live
     from util.video import VideoWriter, mux_audio
 
-    fixed = None
-    if poses is not None:
-        fixed = lambda start, m: (poses[0][start : start + m], poses[1][start : start + m])  # noqa: E731
-    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size or 1, opt.frame_step, fixed,
+    session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size or 1, opt.frame_step, poses,
                                opt.hop_ms, max_lag_ms=opt.max_lag_ms or None)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = out_dir / f"{name}.mp4"

@@ -118,7 +118,7 @@ class FaceRenderer:
 
     def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device, backend: str = "torch",
                  onnx_path: Path | None = None, half: bool = True) -> None:
-        self.net, self.size, self.device, self.backend = net.to(device), assets.image_size, device, backend
+        self.net, self.size, self.device = net.to(device), assets.image_size, device
         cand = torch.from_numpy(assets.candidates).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # (4, 3, H, W)
         self.candidates = cand.reshape(1, -1, *self.size).to(device)  # (1, 12, H, W) in [-1, 1]
         if self.net.cfg.input_nc != 1 + self.candidates.shape[1]:
@@ -273,10 +273,6 @@ class PortraitPipeline:
                              f"the models' lookahead + 1)")
         return n
 
-    def stream(self, seed: int = 0, sigma_scale: float | None = None, poses=None) -> AudioSideStream:  # noqa: ANN001
-        """A live audio side: push samples, get final frames as the lookahead allows (models/streaming.py)."""
-        return AudioSideStream(self, seed, sigma_scale, poses)
-
     def frame_batches(self, stream: AudioSideStream, audio: np.ndarray) -> Iterator[FrameBatch]:
         """Feed `audio` to `stream` in OFFLINE_CHUNK pieces and yield its frames as they become final."""
         step = int(OFFLINE_CHUNK_SECONDS * self.sample_rate)
@@ -288,31 +284,18 @@ class PortraitPipeline:
         if batch is not None:
             yield batch
 
-    def offline_stream(self, seed: int = 0, sigma_scale: float | None = None,
-                       poses: tuple[np.ndarray, np.ndarray] | None = None,
-                       keep_features: bool = False) -> AudioSideStream:
-        """A stream for a whole clip; `poses` (N, 3) x 2 replace sampling, `keep_features` keeps APC features."""
-        fixed = None
-        if poses is not None:
-            rot, trans = poses
-            fixed = lambda start, m: (rot[start : start + m], trans[start : start + m])  # noqa: E731
-        return AudioSideStream(self, seed, sigma_scale, fixed, keep_features)
-
     def predict(self, audio: np.ndarray, name: str = "audio", seed: int = 0, sigma_scale: float | None = None,
                 poses: tuple[np.ndarray, np.ndarray] | None = None, keep_features: bool = False) -> Prediction:
         """The audio side over a whole clip, in memory: the streams fed in OFFLINE_CHUNK pieces, so the
         result equals a live session's. `keep_features` adds the APC features (2N, d) to the extras."""
         n = self.check_audio(audio, name)
-        stream = self.offline_stream(seed, sigma_scale, poses, keep_features)
-        batches = list(self.frame_batches(stream, audio))
-        cat = {k: np.concatenate([getattr(b, k) for b in batches])
-               for k in ("face3d", "rotation", "translation", "face2d", "shoulders2d", "raw_pose")}
-        assert len(cat["face3d"]) == n, (len(cat["face3d"]), n)
-        extras = {"headpose_samples": cat["raw_pose"]} if poses is None else {}
+        stream = AudioSideStream(self, seed, sigma_scale, poses, keep_features)
+        cat = FrameBatch.concat(list(self.frame_batches(stream, audio)))
+        assert len(cat) == n, (len(cat), n)
+        extras = {"headpose_samples": cat.raw_pose} if poses is None else {}
         if keep_features:
             extras["apc_features"] = np.concatenate(stream.kept_features)[: 2 * n]
-        return Prediction(n, self.fps, cat["face3d"], cat["rotation"], cat["translation"], cat["face2d"],
-                          cat["shoulders2d"], extras)
+        return Prediction(n, self.fps, cat.face3d, cat.rotation, cat.translation, cat.face2d, cat.shoulders2d, extras)
 
     def render(self, pred: Prediction, batch_size: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (RGB frame (H, W, 3), feature map (H, W)) for every frame of `pred`."""
@@ -340,7 +323,7 @@ class PortraitPipeline:
 
         n = self.check_audio(audio, name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        stream = self.offline_stream(seed, sigma_scale, poses, save_intermediates)
+        stream = AudioSideStream(self, seed, sigma_scale, poses, save_intermediates)
         paths = {"video": out_dir / f"{name}.mp4", "landmarks": out_dir / f"{name}.npz"}
         save_input = bool(self.cfg["model_params"]["Image2Image"].get("save_input", 1))
         if save_input:

@@ -145,8 +145,7 @@ class MouthStream:
         if limit is not None:  # at the end: only the clip's frames
             done = self.smoother.received
             out = out[: max(0, limit - done)]
-        return self._post(self.smoother.push(out.reshape(len(out), -1, 3)) if len(out) else self.smoother.push(
-            np.zeros((0, 25, 3))))
+        return self._post(self.smoother.push(out.reshape(len(out), out.shape[1] // 3, 3)))
 
     def finish(self, pairs: PairBuffer, n_frames: int) -> MouthOutput:
         pad = pairs.padding(self.m.frame_future)
@@ -169,7 +168,6 @@ class PoseStream:
         self.last = None
         self.rot_smoother = CausalSmoother(pose.sigmas[0])
         self.trans_smoother = CausalSmoother(pose.sigmas[1])
-        self.raw: list[np.ndarray] = []
 
     def _sample(self, out: np.ndarray) -> np.ndarray:
         noise, uniform = self.noise.draw(self.next_pose)
@@ -222,20 +220,31 @@ class FrameBatch:
     shoulders2d: np.ndarray  # (m, 18, 2)
     raw_pose: np.ndarray  # (m, ndim) samples, or (m, 0) with explicit poses
 
+    ARRAYS = ("face3d", "rotation", "translation", "face2d", "shoulders2d", "raw_pose")
+
     def __len__(self) -> int:
         return len(self.face3d)
+
+    def rows(self, i: int, j: int) -> FrameBatch:
+        """Frames start+i .. start+j-1."""
+        return FrameBatch(self.start + i, *(getattr(self, k)[i:j] for k in self.ARRAYS))
+
+    @staticmethod
+    def concat(batches: list[FrameBatch]) -> FrameBatch:
+        """Consecutive batches as one."""
+        arrays = (np.concatenate([getattr(b, k) for b in batches]) for k in FrameBatch.ARRAYS)
+        return FrameBatch(batches[0].start, *arrays)
 
 
 class AudioSideStream:
     """Samples in, per-frame landmarks, pose and shoulders out (see the module docstring).
 
     Args:
-        poses: explicit (rotation, translation) per frame index, instead of sampling (a callable
-            taking (start, count) and returning two (count, 3) arrays).
+        poses: explicit (rotation (N, 3), translation (N, 3)) per frame index, instead of sampling.
     """
 
-    def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None, poses=None,  # noqa: ANN001
-                 keep_features: bool = False) -> None:
+    def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None,  # noqa: ANN001
+                 poses: tuple[np.ndarray, np.ndarray] | None = None, keep_features: bool = False) -> None:
         self.pipe = pipe
         self.kept_features: list[np.ndarray] | None = [] if keep_features else None  # APC features (2 per frame)
         scale = float(pipe.cfg["model_params"]["Headpose"]["sigma"]) if sigma_scale is None else sigma_scale
@@ -260,7 +269,7 @@ class AudioSideStream:
         faces = np.concatenate(self.faces) if self.faces else np.zeros((0, 73, 3))
         if self.pose is None:
             n = len(faces)
-            rot, trans = self.fixed_poses(self.emitted, n) if n else (np.zeros((0, 3)), np.zeros((0, 3)))
+            rot, trans = (p[self.emitted : self.emitted + n] for p in self.fixed_poses)
             raw = np.zeros((n, 0))
         else:
             rot, trans, raw = (np.concatenate(x) if x else np.zeros((0, 3)) for x in (self.rots, self.trans, self.raws))
@@ -313,11 +322,8 @@ class AudioSideStream:
 
 
 def _join(a: FrameBatch | None, b: FrameBatch | None) -> FrameBatch | None:
-    if a is None or b is None:
-        return a or b
-    return FrameBatch(a.start, *(np.concatenate([x, y]) for x, y in zip(
-        (a.face3d, a.rotation, a.translation, a.face2d, a.shoulders2d, a.raw_pose),
-        (b.face3d, b.rotation, b.translation, b.face2d, b.shoulders2d, b.raw_pose))))
+    batches = [x for x in (a, b) if x is not None]
+    return FrameBatch.concat(batches) if batches else None
 
 
 DEFAULT_HOP_MS = 50.0  # a live session runs its audio side at most this often (see StreamingSession)
@@ -353,7 +359,8 @@ class StreamingSession:
     """
 
     def __init__(self, pipe, seed: int = 0, sigma_scale: float | None = None, batch_size: int = 1,  # noqa: ANN001
-                 frame_step: int = 1, poses=None, hop_ms: float = DEFAULT_HOP_MS,  # noqa: ANN001
+                 frame_step: int = 1, poses: tuple[np.ndarray, np.ndarray] | None = None,
+                 hop_ms: float = DEFAULT_HOP_MS,
                  renderer=None, max_lag_ms: float | None = None) -> None:  # noqa: ANN001 - a FaceRenderer
         self.pipe, self.batch_size, self.frame_step = pipe, batch_size, frame_step
         self.max_lag = None if max_lag_ms is None else max_lag_ms / 1000
@@ -371,7 +378,7 @@ class StreamingSession:
     def _render(self, batch: FrameBatch | None, flush: bool) -> list[RenderedFrame]:
         if batch is not None:
             keep = [i for i in range(len(batch)) if (batch.start + i) % self.frame_step == 0]
-            self.queue += [_select(batch, i) for i in keep]
+            self.queue += [batch.rows(i, i + 1) for i in keep]
         out = []
         while self.queue and (flush or len(self.queue) >= self.batch_size):
             while self.last is not None and len(self.queue) > 1 and self._late(self.queue[0].start):
@@ -431,10 +438,6 @@ class StreamingSession:
             batch, _ = self.audio.finish()
         return self._render(_join(first, batch), flush=True)
 
-
-def _select(batch: FrameBatch, i: int) -> FrameBatch:
-    return FrameBatch(batch.start + i, *(x[i : i + 1] for x in (batch.face3d, batch.rotation, batch.translation,
-                                                                 batch.face2d, batch.shoulders2d, batch.raw_pose)))
 
 
 @dataclass
