@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+DEFAULT_AUDIO = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech_3s.wav"
 AUDIO_SIDE = ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "projection")
 
 
@@ -108,21 +109,19 @@ def random_pipeline(args: argparse.Namespace, workdir: Path):  # noqa: ANN201
     return PortraitPipeline.build(cfg, assets, *nets, resolve_device(args.device))
 
 
-def run(args: argparse.Namespace, pipe, workdir: Path) -> dict:  # noqa: ANN001
-    """Time every stage on the same audio; returns the JSON-ready results."""
+def run(args: argparse.Namespace, pipe, clip, workdir: Path) -> dict:  # noqa: ANN001
+    """Time every stage on the same audio (`clip` looped to --seconds); returns the JSON-ready results."""
     import numpy as np
     import torch
 
     from models.networks.audio2headpose import generate_headpose_full
     from models.streaming import MouthStream, PairBuffer, PoseStream
-    from util.audio import load_audio, log_mel_framewise
+    from util.audio import log_mel_framewise
     from util.geometry import project, project_landmarks, shoulder_points
     from util.manifold import project_to_manifold
 
-    audio_path = args.audio or Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "speech_3s.wav"
-    clip = load_audio(audio_path, pipe.sample_rate)
     audio = np.resize(clip, int(args.seconds * pipe.sample_rate))
-    n = pipe.check_audio(audio, str(audio_path))
+    n = pipe.check_audio(audio, str(args.audio or DEFAULT_AUDIO))
     enc, dev = pipe.encoder, pipe.encoder.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     mel = enc.mel(audio)
@@ -264,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from models.pipeline import PortraitPipeline
+    from util.audio import load_audio
     from util.errors import InputError
 
     torch.set_num_threads(args.threads)
@@ -271,11 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             pipe = (PortraitPipeline.from_identity(args.id, args.device, args.config_dir) if args.id
                     else random_pipeline(args, Path(tmp)))
-            result = run(args, pipe, Path(tmp))
-            from util.audio import load_audio
-
-            clip = load_audio(args.audio or Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
-                              "speech_3s.wav", pipe.sample_rate)
+            clip = load_audio(args.audio or DEFAULT_AUDIO, pipe.sample_rate, what="--audio")
+            result = run(args, pipe, clip, Path(tmp))
             if args.offline_seconds > 0:
                 result.update(offline(args, pipe, np.resize(clip, int(args.offline_seconds * pipe.sample_rate))))
             if args.stream_seconds > 0:
