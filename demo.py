@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from models.runtime import PortraitPipeline
 
 OFFLINE_CUDA_BATCH = 8  # default frames per renderer call offline on a GPU
 
 
 def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
     """Run the demo for parsed options; returns the paths written (and live statistics)."""
-    from models.pipeline import PortraitPipeline, load_pose_file
+    from datasets.identity import check_identity_name
+    from models.runtime import PortraitPipeline
+    from models.runtime.postprocess import load_pose_file
     from options.common import save_options
     from util.audio import load_audio
     from util.errors import InputError
 
     name = "mic" if opt.mic else opt.driving_audio.stem
-    out_dir = opt.results_dir / opt.id / name
+    out_dir = opt.results_dir / check_identity_name(opt.id) / name
     if out_dir.exists() and any(out_dir.iterdir()) and not opt.overwrite:
         raise InputError(f"results folder {out_dir} already exists; pass --overwrite to replace the demo's files "
                          "in it, or choose another --results_dir")
@@ -45,11 +54,12 @@ def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     return paths
 
 
-def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, poses=None) -> dict:  # noqa: ANN001
+def live(pipeline: PortraitPipeline, opt: argparse.Namespace, out_dir: Path, name: str,
+         audio: np.ndarray | Iterator[np.ndarray], poses: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Stream `audio` (an array, paced as if live, or an iterator of microphone chunks) into a video."""
     import numpy as np
 
-    from models.streaming import StreamingSession, paced_chunks, run_live
+    from models.runtime import StreamingSession, paced_chunks, run_live
     from util.video import VideoWriter, mux_audio
 
     session = StreamingSession(pipeline, opt.seed, opt.sigma_scale, opt.batch_size or 1, opt.frame_step, poses,
@@ -78,7 +88,7 @@ def live(pipeline, opt: argparse.Namespace, out_dir: Path, name: str, audio, pos
     return {"video": video, **summary}
 
 
-def record_mic(sample_rate: int, seconds: float):  # noqa: ANN201 - an iterator of float32 chunks
+def record_mic(sample_rate: int, seconds: float) -> Iterator[np.ndarray]:
     """Chunks from the default input device (sounddevice / PortAudio), until Ctrl-C or `seconds`."""
     from util.errors import InputError
 

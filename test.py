@@ -24,6 +24,7 @@ def main(opt: argparse.Namespace) -> dict:
     from models import create_model
     from util.errors import InputError
     from util.html import HTML
+    from util.io import write_json
     from util.log import get_logger
     from util.visualizer import tensor_to_image
 
@@ -35,13 +36,13 @@ def main(opt: argparse.Namespace) -> dict:
     dataset = create_dataset(opt, opt.split, model.data_spec())
     if len(dataset) == 0:
         raise InputError(f"--dataroot {opt.dataroot}: the {opt.split} split is empty")
+    if opt.num_test:
+        dataset = torch.utils.data.Subset(dataset, range(min(opt.num_test, len(dataset))))
     out_dir = Path(opt.results_dir) / opt.name / f"{opt.split}_{opt.epoch}"
     page = HTML(out_dir, f"{opt.name}: {opt.model}, {opt.split} split, epoch {opt.epoch}")
     sums: dict[str, float] = {}
     n = 0
     for i, batch in enumerate(create_loader(dataset, opt, False)):
-        if opt.num_test and i >= opt.num_test:
-            break
         model.set_input(batch)
         model.test()
         for k, v in model.current_metrics().items():
@@ -58,8 +59,9 @@ def main(opt: argparse.Namespace) -> dict:
             page.add_header(f"batch {i}")
             page.add_images([f"images/{m}" for m in names], [m[5:-4] for m in names], [f"images/{m}" for m in names])
     metrics = {k: v / n for k, v in sums.items()}
-    report = {"model": opt.model, "name": opt.name, "epoch": opt.epoch, "split": opt.split, "batches": n, **metrics}
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = {"model": opt.model, "name": opt.name, "epoch": opt.epoch, "split": opt.split, "samples": len(dataset),
+              "batches": n, **metrics}
+    write_json(out_dir / "metrics.json", report)
     page.add_text("metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in metrics.items()))
     page.save()
     return report

@@ -20,12 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from util.errors import InputError
+
 log = logging.getLogger("lsp")
-STAGE_CONFIG_KEYS = {  # --model -> (config section, network name)
-    "audio2feature": ("Audio2Mouth", "Audio2Feature"),
-    "audio2headpose": ("Headpose", "Audio2Headpose"),
-    "feature2face": ("Image2Image", "Feature2Face"),
-}
 
 
 class TrainingError(RuntimeError):
@@ -42,17 +39,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def update_identity_config(opt: argparse.Namespace, label: str) -> None:
-    """Point config/<id>.yaml (id = the --dataroot folder's name) at this run's network."""
-    from util.identity_files import project_path, set_config_value
+def identity_config(opt: argparse.Namespace) -> Path | None:
+    """config/<id>.yaml of the identity trained on (id = the --dataroot folder's name), when a stage of an
+    identity is trained and the file exists; its structure is checked before training starts."""
+    from datasets.identity import STAGES
+    from util.io import read_yaml
 
-    section, network = STAGE_CONFIG_KEYS[opt.model]
-    path = Path(opt.checkpoints_dir) / opt.name / f"{label}_net_{network}.pth"
-    identity = Path(opt.dataroot).name
-    if not (Path(opt.config_dir) / f"{identity}.yaml").is_file():
-        log.info("no %s/%s.yaml to update: set model_params.%s.ckp_path to %s", opt.config_dir, identity, section, path)
+    if opt.model not in STAGES or opt.model == "apc" or not opt.dataroot:
+        return None
+    path = Path(opt.config_dir) / f"{Path(opt.dataroot).name}.yaml"
+    if not path.is_file():
+        return None
+    params = read_yaml(path).get("model_params", {})
+    if not isinstance(params, dict) or not isinstance(params.get(STAGES[opt.model].section, {}), dict):
+        raise InputError(f"config file {path}: model_params.{STAGES[opt.model].section} must be a mapping; fix it "
+                         "before training, which points it at the trained network at the end")
+    return path
+
+
+def update_identity_config(opt: argparse.Namespace, label: str, config: Path | None) -> None:
+    """Point config/<id>.yaml at this run's network."""
+    from datasets.identity import STAGES, project_path, set_config_value
+    from util.checkpoint import network_path
+
+    stage = STAGES[opt.model]
+    path = network_path(Path(opt.checkpoints_dir) / opt.name, label, stage.network)
+    if config is None:
+        log.info("no config/<id>.yaml to update: set model_params.%s.ckp_path to %s", stage.section, path)
         return
-    set_config_value(Path(opt.config_dir), identity, ("model_params", section, "ckp_path"), project_path(path))
+    if set_config_value(config.parent, config.stem, ("model_params", stage.section, "ckp_path"), project_path(path)):
+        log.info("%s: model_params.%s.ckp_path = %s", config, stage.section, project_path(path))
 
 
 def main(opt: argparse.Namespace) -> dict:
@@ -61,13 +77,14 @@ def main(opt: argparse.Namespace) -> dict:
 
     from datasets import create_dataset, create_loader
     from models import create_model
-    from util.distributed import barrier, cleanup, init_distributed
+    from util.distributed import barrier, cleanup, init_distributed, rank_device
     from util.log import get_logger
     from util.visualizer import Visualizer
 
-    rank, world = init_distributed(bool(opt.gpu_ids))
+    rank, world = init_distributed(rank_device(opt.gpu_ids))
     save_dir = Path(opt.checkpoints_dir) / opt.name
     get_logger(save_dir if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
+    config = identity_config(opt)
     seed_everything(opt.seed + rank)
     model = create_model(opt)
     spec = model.data_spec()
@@ -115,9 +132,13 @@ def main(opt: argparse.Namespace) -> dict:
                 if total_iters % (every or opt.display_freq) == 0:
                     with torch.no_grad():
                         model.compute_visuals()
-                    visualizer.display_current_results(model.get_current_visuals(), epoch, total_iters)
+                    visualizer.display_current_results(model.get_current_visuals(), epoch, total_iters,
+                                                       save_html=every is not None
+                                                       or total_iters % opt.update_html_freq < opt.display_freq)
                 if total_iters % opt.save_latest_freq == 0:
                     last_saved = save("latest", epoch, epoch_iter)
+                    if opt.save_by_iter:
+                        save(f"iter_{total_iters}", epoch, epoch_iter)
                 if opt.max_iters and total_iters >= opt.max_iters:
                     stop = True
                     break
@@ -125,11 +146,11 @@ def main(opt: argparse.Namespace) -> dict:
             if stop and epoch_iter < batches:
                 last_saved = save("latest", epoch, epoch_iter)
                 break
-            epoch_iter = 0
-            lr = model.update_learning_rate()
-            log.info("end of epoch %d / %d, learning rate %.7f", epoch, last_epoch, lr)
+            epoch_iter, metric = 0, None
             if (epoch % opt.val_freq == 0 or epoch == last_epoch) and len(val_set):
-                best = _validate(model, val_set, opt, epoch, total_iters, best, visualizer, rank == 0)
+                best, metric = _validate(model, val_set, opt, epoch, total_iters, best, visualizer, rank == 0)
+            lr = model.update_learning_rate(metric)
+            log.info("end of epoch %d / %d, learning rate %.7f", epoch, last_epoch, lr)
             barrier()
             epoch += 1
             last_saved = save("latest", epoch, 0)
@@ -137,8 +158,9 @@ def main(opt: argparse.Namespace) -> dict:
                 save(str(epoch - 1), epoch, 0)
     finally:
         visualizer.close()
-    if rank == 0 and opt.model in STAGE_CONFIG_KEYS:
-        update_identity_config(opt, "best" if best is not None and opt.config_checkpoint == "best" else "latest")
+    if rank == 0 and (config is not None or identity_stage(opt)):
+        update_identity_config(opt, "best" if best is not None and opt.config_checkpoint == "best" else "latest",
+                               config)
     cleanup()
     return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 
@@ -150,27 +172,38 @@ def _progress(loader, epoch: int, start: int, total: int, rank: int):  # noqa: A
                 leave=False)
 
 
+def identity_stage(opt: argparse.Namespace) -> bool:
+    """Whether `opt.model` is a stage trained on an identity (its config points at the result)."""
+    from datasets.identity import STAGES
+
+    return opt.model in STAGES and opt.model != "apc"
+
+
 def _validate(model, val_set, opt: argparse.Namespace, epoch: int, total_iters: int,  # noqa: ANN001
-              best: dict | None, visualizer, main_rank: bool) -> dict | None:  # noqa: ANN001
-    """Metrics on the held-out split; keeps `best_*` checkpoints by the model's first metric."""
+              best: dict | None, visualizer, main_rank: bool) -> tuple[dict | None, float]:  # noqa: ANN001
+    """Metrics on the held-out split; keeps `best_*` checkpoints by the model's `best_metric`. Returns the
+    best record and this validation's value of that metric."""
     from datasets import create_loader
 
     metrics = model.validate(create_loader(val_set, opt, False))
     visualizer.log_scalars("val", metrics, epoch, total_iters)
     log.info("validation epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    key, value = next(iter(metrics.items()))
-    better = best is None or (value < best["value"] if model.best_metric_mode == "min" else value > best["value"])
+    key, mode = model.best_metric
+    if key not in metrics:
+        raise TrainingError(f"{type(model).__name__}.best_metric names '{key}', which validation does not report "
+                            f"({', '.join(metrics)})")
+    value = metrics[key]
+    better = best is None or (value < best["value"] if mode == "min" else value > best["value"])
     if better:
         best = {"metric": key, "value": value, "epoch": epoch}
         if main_rank:
             model.save_checkpoint("best", epoch + 1, total_iters, {"epoch_iter": 0, "best": best})
             log.info("new best %s %.4f: saved best_* checkpoints", key, value)
-    return best
+    return best, value
 
 
 def cli(args: list[str] | None = None) -> int:
     from options.train_options import TrainOptions
-    from util.errors import InputError
     from util.log import get_logger
 
     get_logger()

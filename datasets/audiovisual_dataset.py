@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datasets.base_dataset import BaseDataset, identity_root, load_npz, read_clips
-from options.common import positive_int
+from datasets.base_dataset import BaseDataset, identity_files
+from util.argtypes import positive_int
 from util.audio import MEL_PER_VIDEO_FRAME
 from util.errors import InputError, MissingFileError
-from util.landmarks import MOUTH
-
-ROT_X_OFFSET = 180.0  # LSP §4.1: rot_x is wrapped to [0, 360) and shifted by -180
+from util.geometry import normalise_pose
+from util.io import load_array, load_npz
+from util.landmarks import MOUTH, NUM_POINTS
 
 
 @dataclass(frozen=True)
@@ -40,20 +40,14 @@ class WindowSpec:
 
 def identity_apc_dim(opt: argparse.Namespace) -> int:
     """Size of the identity's APC features (APC_feature_base.npy), for --apc_hidden_size 0 (auto)."""
-    path = identity_root(opt) / "APC_feature_base.npy"
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found: this identity has no APC features yet; make them with "
-                               f"python scripts/preprocess.py --id {path.parent.name} --only apc_features "
-                               "--apc_ckpt <APC checkpoint>")
-    return int(np.load(path, mmap_mode="r").shape[1])
+    return identity_files(opt).apc_dim()
 
 
-def normalised_pose(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
-    """Training pose of a clip: [rot (x wrapped, minus 180), trans minus the clip mean, velocities]: (N, 12)."""
-    r = rot.astype(np.float64).copy()
-    r[:, 0] = np.mod(r[:, 0], 360.0) - ROT_X_OFFSET
-    pose = np.concatenate([r, trans - trans.mean(0)], 1)
-    vel = np.concatenate([np.zeros((1, 6)), np.diff(pose, axis=0)])
+def training_pose(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """A clip's pose as the pose model learns it: normalised (translation minus the clip's mean, LSP §4.1)
+    and its velocities: (N, 12)."""
+    pose = normalise_pose(rot, trans, trans.mean(0))
+    vel = np.concatenate([np.zeros((1, pose.shape[1])), np.diff(pose, axis=0)])
     return np.concatenate([pose, vel], 1).astype(np.float32)
 
 
@@ -70,10 +64,11 @@ class AudiovisualDataset(BaseDataset):
         if spec is None:
             raise ValueError("AudiovisualDataset needs the model's WindowSpec")
         self.spec = spec
-        self.root = identity_root(opt)
-        mean = np.load(self.root / "mean_pts3d.npy")
+        self.files = identity_files(opt)
+        self.root = self.files.root
+        mean = load_array(self.files.mean_pts3d, "mean 3D landmarks", (NUM_POINTS, 3))
         self.mean_mouth = mean[MOUTH].reshape(-1).astype(np.float32)
-        self.clips = [self._load_clip(name) for name in read_clips(self.root, split)]
+        self.clips = [self._load_clip(name) for name in self.files.clips(split)]
         self.index = self.limit([(c, s) for c, clip in enumerate(self.clips)
                                  for s in range(0, len(clip["pose"]) - spec.length + 1, opt.frame_jump_stride)])
         if split == "train" and not self.index:
@@ -82,21 +77,21 @@ class AudiovisualDataset(BaseDataset):
                              f"has {longest} frames at {opt.fps:g} fps (shorten --sequence_length/--time_frame_length)")
 
     def _load_clip(self, name: str) -> dict[str, np.ndarray]:
-        folder = self.root / "clips" / name
-        tracks = load_npz(folder / f"tracks_{self.opt.fps:g}fps.npz",
+        clip = self.files.clip(name)
+        tracks = load_npz(clip.model_tracks(self.opt.fps), "model-rate tracks", ("pts3d", "rot", "trans"),
                           f" (re-run scripts/preprocess.py --id {self.root.name} --fps {self.opt.fps:g})")
-        apc_path = folder / "apc_features.npy"
+        apc_path = clip.apc_features
         if not apc_path.is_file():
             raise MissingFileError(f"{apc_path} not found: this identity has no APC features yet; make them with "
                                    f"python scripts/preprocess.py --id {self.root.name} --only apc_features "
                                    "--apc_ckpt <APC checkpoint>")
-        apc = np.load(apc_path).astype(np.float32)
+        apc = load_array(apc_path, "APC features", (-1, -1))
         if apc.shape[1] != self.spec.apc_dim:
             raise InputError(f"{apc_path}: {apc.shape[1]}-d APC features, but the model was built for "
                              f"{self.spec.apc_dim} (--apc_hidden_size; 0 takes the identity's size)")
         n = min(len(tracks["rot"]), len(apc) // MEL_PER_VIDEO_FRAME)
         mouth = tracks["pts3d"][:n, MOUTH].reshape(n, -1).astype(np.float32) - self.mean_mouth
-        return {"apc": apc[: MEL_PER_VIDEO_FRAME * n].reshape(n, -1), "pose": normalised_pose(tracks["rot"][:n],
+        return {"apc": apc[: MEL_PER_VIDEO_FRAME * n].reshape(n, -1), "pose": training_pose(tracks["rot"][:n],
                 tracks["trans"][:n]), "mouth": mouth}
 
     def __len__(self) -> int:

@@ -1,16 +1,14 @@
-"""BaseDataset (pix2pix's contract) and what the identity datasets share: clip lists and clip files."""
+"""BaseDataset (pix2pix's contract) and what the identity datasets share: the identity folder."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch.utils.data
 
+from datasets.identity import IdentityFiles
 from util.errors import InputError, MissingFileError
-
-SPLIT_LISTS = {"train": "train_list.txt", "val": "val_list.txt"}
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -33,31 +31,21 @@ class BaseDataset(torch.utils.data.Dataset):
         return items[:n] if n else items
 
 
-def identity_root(opt: argparse.Namespace) -> Path:
+def identity_files(opt: argparse.Namespace) -> IdentityFiles:
     """--dataroot as an identity folder made by scripts/preprocess.py, with a clear error otherwise."""
     if not opt.dataroot:
         raise InputError(f"--dataroot is required for --model {opt.model}: an identity folder made by "
                          "scripts/preprocess.py, e.g. data/<id>")
-    root = Path(opt.dataroot)
-    if not root.is_dir():
-        raise MissingFileError(f"--dataroot {root}: no such folder (expected an identity folder, data/<id>)")
-    if not (root / SPLIT_LISTS["train"]).is_file():
-        raise InputError(f"--dataroot {root}: no {SPLIT_LISTS['train']}; expected an identity folder made by "
-                         f"python scripts/preprocess.py --video <video> --id {root.name}")
-    return root
+    files = IdentityFiles(opt.dataroot)
+    if not files.root.is_dir():
+        raise MissingFileError(f"--dataroot {files.root}: no such folder (expected an identity folder, data/<id>)")
+    train_list = files.split_list("train")
+    if not train_list.is_file():
+        raise InputError(f"--dataroot {files.root}: no {train_list.name}; expected an identity folder made by "
+                         f"python scripts/preprocess.py --video <video> --id {files.root.name}")
+    return files
 
 
-def read_clips(root: Path, split: str) -> list[str]:
-    """Clip names of a split from train_list.txt / val_list.txt (empty for a missing val list)."""
-    path = root / SPLIT_LISTS[split]
-    if not path.is_file():
-        return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_npz(path: Path, hint: str = "") -> dict[str, np.ndarray]:
-    """All arrays of an .npz, with an error naming the file (and how to make it) when it is missing."""
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found{hint}")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+def identity_root(opt: argparse.Namespace) -> Path:
+    """The identity folder of --dataroot (see identity_files)."""
+    return identity_files(opt).root

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.base_dataset import BaseDataset, identity_root, load_npz, read_clips
-from options.common import positive_int
+from datasets.base_dataset import BaseDataset, identity_files
+from util.argtypes import positive_int
 from util.errors import InputError
-from util.identity import NUM_CANDIDATES, load_image_rgb
+from util.io import load_npz
 from util.landmarks import feature_map
 
 
@@ -32,14 +32,14 @@ class FaceDataset(BaseDataset):
 
     def __init__(self, opt: argparse.Namespace, split: str = "train", spec: object = None) -> None:
         super().__init__(opt, split)
-        self.root = identity_root(opt)
-        cands = [load_image_rgb(self.root / "candidates" / f"normalized_full_{j}.jpg", "candidate image")
-                 for j in range(NUM_CANDIDATES)]
-        self.size = cands[0].shape[:2]
+        self.files = identity_files(opt)
+        self.root = self.files.root
+        cands = self.files.load_candidates()
+        self.size = cands.shape[1:3]
         self.candidates = torch.cat([to_tensor(c) for c in cands])  # (12, H, W)
         self.clips, self.index = {}, []
-        for name in read_clips(self.root, split):
-            tracks = load_npz(self.root / "clips" / name / "tracks.npz")
+        for name in self.files.clips(split):
+            tracks = load_npz(self.files.clip(name).tracks, "clip tracks", ("pts2d", "shoulders2d", "valid"))
             self.clips[name] = tracks
             valid = np.flatnonzero(tracks["valid"])
             self.index += [(name, int(j)) for j in valid[:: opt.frame_jump]]
@@ -52,11 +52,11 @@ class FaceDataset(BaseDataset):
 
     def __getitem__(self, i: int) -> dict:
         name, j = self.index[i]
-        path = self.root / "clips" / name / "frames" / f"{j:06d}.jpg"
+        path = self.files.clip(name).frame(j)
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise InputError(f"{path}: missing or unreadable frame (re-run scripts/preprocess.py --force)")
         tracks = self.clips[name]
         fmap = feature_map(tracks["pts2d"][j], tracks["shoulders2d"][j], self.size)
         return {"feature_map": torch.from_numpy(fmap)[None].float() / 255.0, "candidates": self.candidates,
-                "image": to_tensor(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)), "path": str(path)}
+                "image": to_tensor(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from datasets.audiovisual_dataset import WindowSpec, identity_apc_dim
 from models.base_model import BaseModel
 from models.networks import Audio2FeatureConfig, Audio2FeatureNet
-from options.common import positive_int
+from util.argtypes import non_negative_int, positive_int
 from util.landmarks import MOUTH
 from util.visualizer import curves_image
 
@@ -24,15 +24,16 @@ UPPER_MID, LOWER_MID = MOUTH.index(62), MOUTH.index(59)  # inner-lip mid points,
 
 class Audio2FeatureModel(BaseModel):
     default_dataset_mode = "audiovisual"
+    best_metric = ("mouth_lmd", "min")
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-        parser.add_argument("--apc_hidden_size", type=int, default=0,
+        parser.add_argument("--apc_hidden_size", type=non_negative_int, default=0,
                             help="APC feature size; 0 = the size of the identity's APC features")
         parser.add_argument("--a2f_hidden_size", type=positive_int, default=512, help="MLP width around the LSTM")
         parser.add_argument("--lstm_hidden_size", type=positive_int, default=256, help="LSTM width")
         parser.add_argument("--lstm_layers", type=positive_int, default=3, help="LSTM layers")
-        parser.add_argument("--frame_future", type=int, default=18,
+        parser.add_argument("--frame_future", type=non_negative_int, default=18,
                             help="mouth lookahead d in frames: the output for frame t is read at step t + d")
         parser.add_argument("--sequence_length", type=positive_int, default=240, help="frames per training window")
         parser.set_defaults(frame_jump_stride=4, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step",

@@ -15,16 +15,17 @@ from datasets.audiovisual_dataset import WindowSpec, identity_apc_dim
 from models.base_model import BaseModel
 from models.losses import gmm_nll
 from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
-from options.common import positive_int
+from util.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from util.visualizer import curves_image
 
 
 class Audio2HeadposeModel(BaseModel):
     default_dataset_mode = "audiovisual"
+    best_metric = ("NLL", "min")
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-        parser.add_argument("--apc_hidden_size", type=int, default=0,
+        parser.add_argument("--apc_hidden_size", type=non_negative_int, default=0,
                             help="APC feature size; 0 = the size of the identity's APC features")
         parser.add_argument("--a2h_wavenet_residual_layers", type=positive_int, default=7, help="layers per block")
         parser.add_argument("--a2h_wavenet_residual_blocks", type=positive_int, default=2, help="dilation cycles")
@@ -34,10 +35,11 @@ class Audio2HeadposeModel(BaseModel):
         parser.add_argument("--a2h_wavenet_kernel_size", type=positive_int, default=2, help="dilated conv taps")
         parser.add_argument("--a2h_wavenet_cond_channels", type=positive_int, default=512, help="audio condition width")
         parser.add_argument("--a2h_gmm_ncenter", type=positive_int, default=1, help="Gaussian mixture components")
-        parser.add_argument("--a2h_gmm_sigma_min", type=float, default=0.03, help="sigma floor in the training NLL")
-        parser.add_argument("--frame_future", type=int, default=15, help="pose audio lookahead in frames")
+        parser.add_argument("--a2h_gmm_sigma_min", type=positive_float, default=0.03,
+                            help="sigma floor in the training NLL")
+        parser.add_argument("--frame_future", type=non_negative_int, default=15, help="pose audio lookahead in frames")
         parser.add_argument("--time_frame_length", type=positive_int, default=240, help="target frames per window")
-        parser.add_argument("--smooth_loss", type=float, default=0.0,
+        parser.add_argument("--smooth_loss", type=non_negative_float, default=0.0,
                             help="weight of a second-difference smoothness term on the predicted means")
         parser.set_defaults(frame_jump_stride=1, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step",
                             lr_decay_iters=250,

@@ -9,9 +9,10 @@ get_current_losses() / get_current_visuals()] ... -> save_checkpoint() -> update
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import random
-import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -21,57 +22,72 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from util.checkpoint import atomic_save, init_network, load_file, load_strict, save_network
-from util.distributed import is_distributed, world_info
+from util import checkpoint as ckpt
+from util.distributed import is_distributed, rank_device
 from util.errors import InputError, MissingFileError
+from util.log import git_commit
 
 log = logging.getLogger("lsp")
 
 
-def get_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace) -> Any:
-    """pix2pix's learning-rate schedules, stepped once per epoch.
+def get_scheduler(optimizer: torch.optim.Optimizer, opt: argparse.Namespace, mode: str = "min") -> Any:
+    """pix2pix's learning-rate schedules, stepped once per epoch (plateau: once per validation).
 
     linear: constant for n_epochs, then linearly to 0 over n_epochs_decay; step: x lr_gamma every
-    lr_decay_iters epochs; plateau: x0.2 when the validation metric stalls; cosine: to 0 over n_epochs.
+    lr_decay_iters epochs; plateau: x0.2 when the validation metric (its `mode`: lower or higher is
+    better) stops improving for 5 validations; cosine: from lr down to 0 over n_epochs + n_epochs_decay,
+    then 0.
     """
     if opt.lr_policy == "linear":
-        def rule(epoch: int) -> float:
-            return 1.0 - max(0, epoch + opt.epoch_count - opt.n_epochs) / float(opt.n_epochs_decay + 1)
+        def linear(epoch: int) -> float:
+            return max(0.0, 1.0 - max(0, epoch + opt.epoch_count - opt.n_epochs) / float(opt.n_epochs_decay + 1))
 
-        return lr_scheduler.LambdaLR(optimizer, lr_lambda=rule)
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=linear)
     if opt.lr_policy == "step":
         return lr_scheduler.StepLR(optimizer, step_size=opt.lr_decay_iters, gamma=opt.lr_gamma)
     if opt.lr_policy == "plateau":
-        return lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.2, threshold=0.01, patience=5)
+        return lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.2, threshold=0.01, patience=5)
     if opt.lr_policy == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.n_epochs, eta_min=0)
+        total = max(1, opt.n_epochs + opt.n_epochs_decay)
+
+        def cosine(epoch: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(epoch + opt.epoch_count - 1, total) / total))
+
+        return lr_scheduler.LambdaLR(optimizer, lr_lambda=cosine)
     raise ValueError(f"unknown --lr_policy '{opt.lr_policy}'")
 
 
-def git_commit() -> str:
-    """The project's current git commit, or 'unknown'."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
 def rng_state() -> dict:
-    """Every random generator's state, for exact resumption."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random generator's state as tensors and numbers (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain(value: Any) -> Any:
+    """An option value as JSON-like data (paths as strings), for a weights_only state file."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 class BaseModel(ABC):
@@ -82,9 +98,7 @@ class BaseModel(ABC):
     def __init__(self, opt: argparse.Namespace) -> None:
         self.opt = opt
         self.is_train = opt.is_train
-        local = world_info()[2]
-        gpus = opt.gpu_ids
-        self.device = torch.device(f"cuda:{gpus[local % len(gpus)]}") if gpus else torch.device("cpu")
+        self.device = rank_device(opt.gpu_ids)
         self.distributed = is_distributed()
         self.save_dir = Path(opt.checkpoints_dir) / opt.name
         self.loss_names: list[str] = []
@@ -92,7 +106,6 @@ class BaseModel(ABC):
         self.visual_names: list[str] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
-        self.metric = 0.0  # the plateau policy's validation metric
         self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
 
@@ -139,10 +152,10 @@ class BaseModel(ABC):
             init = getattr(self.opt, "init_weights", None)
             if init is not None and not self.opt.continue_train:
                 name = self.model_names[0]
-                init_network(getattr(self, "net" + name), init, name, "--init_weights", self.init_weights_strip,
-                             self.init_weights_optional)
+                ckpt.init_network(getattr(self, "net" + name), init, name, "--init_weights", self.init_weights_strip,
+                                  self.init_weights_optional)
                 log.info("net%s initialised from %s", name, init)
-            self.schedulers = [get_scheduler(o, self.opt) for o in self.optimizers]
+            self.schedulers = [get_scheduler(o, self.opt, self.best_metric[1]) for o in self.optimizers]
             if self.distributed:  # one replica per process; gradients are averaged in backward
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 for name in self.model_names:
@@ -174,10 +187,10 @@ class BaseModel(ABC):
         """Extra visuals for display; the base computes none."""
 
     def current_metrics(self) -> dict[str, float]:
-        """Validation metrics of the current test() pass; the first is the one `best` is kept by."""
+        """Validation metrics of the current test() pass (`best_metric` names the one `best_*` is kept by)."""
         return {k: float(v) for k, v in self.get_current_losses().items()}
 
-    best_metric_mode = "min"  # whether a lower or higher first metric is better
+    best_metric: tuple[str, str] = ("", "min")  # (validation metric, 'min' or 'max'): what makes a model best
     init_weights_strip: tuple[str, ...] = ("module.",)  # --init_weights: prefixes of released raw state dicts
     init_weights_optional: tuple[str, ...] = ()  # --init_weights: weights a released file may lack
 
@@ -213,13 +226,14 @@ class BaseModel(ABC):
             out[name] = getattr(self, name)
         return out
 
-    def update_learning_rate(self) -> float:
-        """Step every scheduler once (end of an epoch); returns the new learning rate."""
+    def update_learning_rate(self, metric: float | None = None) -> float:
+        """End of an epoch: step every epoch schedule; the plateau schedule steps only with a validation
+        `metric` (the value of `best_metric`). Returns the learning rate now in use."""
         for scheduler in self.schedulers:
-            if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(self.metric)
-            else:
+            if not isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
                 scheduler.step()
+            elif metric is not None:
+                scheduler.step(metric)
         return self.optimizers[0].param_groups[0]["lr"] if self.optimizers else 0.0
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -252,61 +266,60 @@ class BaseModel(ABC):
                 p.requires_grad_(requires_grad)
 
     # ------------------------------------------------------------------ checkpoints
-    def net_path(self, label: str, name: str) -> Path:
-        return self.save_dir / f"{label}_net_{name}.pth"
-
     def save_networks(self, label: str) -> None:
-        """Write `<label>_net_<Name>.pth` per network, with its config and network_meta()."""
+        """Write `<label>_net_<Name>.pth` per network, with its config and network_meta() (no state)."""
         for name, net in self.networks().items():
-            save_network(self.net_path(label, name), net, name, net.cfg, self.network_meta())
+            ckpt.save_network(ckpt.network_path(self.save_dir, label, name), net, name, net.cfg, self.network_meta())
 
     def load_networks(self, label: str) -> None:
         """Strictly load `<label>_net_<Name>.pth` into every network."""
         for name, net in self.networks().items():
-            path = self.net_path(label, name)
+            path = ckpt.network_path(self.save_dir, label, name)
             if not path.is_file():
                 raise MissingFileError(f"no checkpoint {path} (--name {self.opt.name}, --epoch {label})")
-            obj = load_file(path, f"{name} checkpoint")
-            if obj.get("network") != name:
-                raise InputError(f"{name} checkpoint {path}: holds a '{obj.get('network')}' network, expected '{name}'")
-            if obj.get("config") != _asdict(net.cfg):
+            obj = ckpt.load_file(path, f"{name} checkpoint")
+            if not isinstance(obj, dict) or obj.get("network") != name:
+                found = obj.get("network") if isinstance(obj, dict) else type(obj).__name__
+                raise InputError(f"{name} checkpoint {path}: holds a '{found}' network, expected '{name}'")
+            if obj.get("config") != dataclasses.asdict(net.cfg):
                 raise InputError(f"{name} checkpoint {path}: network sizes {obj.get('config')} differ from the "
-                                 f"options' {_asdict(net.cfg)}")
-            load_strict(net, obj["state_dict"], path, f"{name} checkpoint")
+                                 f"options' {dataclasses.asdict(net.cfg)}")
+            ckpt.load_strict(net, obj["state_dict"], path, f"{name} checkpoint")
 
     def save_checkpoint(self, label: str, epoch: int, total_iters: int, extra: dict | None = None) -> None:
-        """Weights plus `<label>_state.pth`: optimizers, schedulers, AMP scaler, counters, RNG, opt, commit."""
-        self.save_networks(label)
-        state = {
-            "epoch": epoch, "total_iters": total_iters, "model": self.opt.model,
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "schedulers": [s.state_dict() for s in self.schedulers],
-            "scaler": self.scaler.state_dict(), "rng": rng_state(),
-            "opt": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.opt).items()},
-            "git_commit": git_commit(), "extra": dict(extra or {}),
-        }
-        atomic_save(state, self.save_dir / f"{label}_state.pth")
+        """Checkpoint `label` as one unit: the weights plus `<label>_state.pth` (optimizers, schedulers,
+        AMP scaler, counters, RNG, options, commit)."""
+        if self._commit is None:  # asked once: a subprocess inside every save widened its kill window
+            self._commit = git_commit()
+        meta = {**self.network_meta(), "iteration": total_iters}
+        networks = {name: (net, net.cfg, meta) for name, net in self.networks().items()}
+        state = {"epoch": epoch, "total_iters": total_iters, "model": self.opt.model,
+                 "optimizers": [o.state_dict() for o in self.optimizers],
+                 "schedulers": [s.state_dict() for s in self.schedulers],
+                 "scaler": self.scaler.state_dict(), "rng": rng_state(), "opt": plain(vars(self.opt)),
+                 "git_commit": self._commit, "extra": plain(extra or {})}
+        ckpt.save_checkpoint(self.save_dir, label, networks, state)
+
+    _commit: str | None = None
 
     def load_checkpoint(self, label: str) -> dict:
         """Restore everything `save_checkpoint` wrote; returns the state dict (epoch, total_iters, extra)."""
-        path = self.save_dir / f"{label}_state.pth"
-        if not path.is_file():
+        path = ckpt.state_path(self.save_dir, label)
+        if not path.is_file() and not path.with_name(path.name + ckpt.PENDING).is_file():
             raise MissingFileError(f"--continue_train: nothing to continue, {path} does not exist "
                                    f"(train without --continue_train first, or check --name / --epoch)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = ckpt.load_checkpoint_state(self.save_dir, label, "training state")
         if state.get("model") != self.opt.model:
             raise InputError(f"{path}: a checkpoint of --model {state.get('model')}, not {self.opt.model}")
         self.load_networks(label)
-        for opt_obj, sd in zip(self.optimizers, state["optimizers"]):
-            opt_obj.load_state_dict(sd)
-        for sched, sd in zip(self.schedulers, state["schedulers"]):
-            sched.load_state_dict(sd)
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        try:
+            for opt_obj, sd in zip(self.optimizers, state["optimizers"], strict=True):
+                opt_obj.load_state_dict(sd)
+            for sched, sd in zip(self.schedulers, state["schedulers"], strict=True):
+                sched.load_state_dict(sd)
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise InputError(f"{path}: the saved optimizer/scheduler/RNG state does not fit this run "
+                             f"({type(err).__name__}: {err}); were the options changed?") from err
         return state
-
-
-def _asdict(cfg: Any) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)

@@ -24,7 +24,7 @@ from models.networks import (
     MultiscaleDiscriminatorConfig,
 )
 from models.networks.feature2face import MIN_DOWNS
-from options.common import positive_int
+from util.argtypes import non_negative_float, non_negative_int, positive_int
 from util.log import warn_once
 
 log = logging.getLogger("lsp")
@@ -32,6 +32,7 @@ log = logging.getLogger("lsp")
 
 class Feature2FaceModel(BaseModel):
     default_dataset_mode = "face"
+    best_metric = ("PSNR", "max")
     init_weights_strip = ("module.", "netG.")  # the release's Feature2Face.pkl holds module.netG.*
 
     @staticmethod
@@ -39,15 +40,16 @@ class Feature2FaceModel(BaseModel):
         parser.add_argument("--size", type=str, default="normal", choices=tuple(FEATURE2FACE_GENERATORS),
                             help="generator variant (the release: large for May, normal for the others)")
         parser.add_argument("--ngf", type=positive_int, default=64, help="generator width")
-        parser.add_argument("--num_downs", type=int, default=0,
+        parser.add_argument("--num_downs", type=non_negative_int, default=0,
                             help="U-Net levels; 0 = as many as leave 2 px at the innermost level (8 at 512^2, as "
                                  "released; 7 at 256^2)")
         parser.add_argument("--ndf", type=positive_int, default=64, help="discriminator width")
         parser.add_argument("--n_layers_D", type=positive_int, default=3, help="stride-2 layers per PatchGAN")
         parser.add_argument("--num_D", type=positive_int, default=2, help="discriminator scales")
-        parser.add_argument("--lambda_L1", type=float, default=100.0, help="weight of the L1 loss")
-        parser.add_argument("--lambda_feat", type=float, default=10.0, help="weight of feature matching")
-        parser.add_argument("--lambda_vgg", type=float, default=10.0, help="weight of the VGG perceptual loss")
+        parser.add_argument("--lambda_L1", type=non_negative_float, default=100.0, help="weight of the L1 loss")
+        parser.add_argument("--lambda_feat", type=non_negative_float, default=10.0, help="weight of feature matching")
+        parser.add_argument("--lambda_vgg", type=non_negative_float, default=10.0,
+                            help="weight of the VGG perceptual loss")
         parser.add_argument("--no_ganFeat", action="store_true", help="no discriminator feature-matching loss")
         parser.add_argument("--no_vgg", action="store_true", help="no VGG perceptual loss")
         parser.add_argument("--no_discriminator", action="store_true", help="train G with L1 (+ VGG) only")
@@ -93,7 +95,6 @@ class Feature2FaceModel(BaseModel):
         self.feature_map = batch["feature_map"].to(self.device)  # (B, 1, H, W) in {0, 1}
         self.candidates = batch["candidates"].to(self.device)  # (B, 12, H, W) in [-1, 1]
         self.real = batch["image"].to(self.device)  # (B, 3, H, W) in [-1, 1]
-        self.image_paths = batch.get("path", [])
 
     def forward(self) -> None:
         self.input = torch.cat([self.feature_map, self.candidates], 1)
@@ -152,10 +153,10 @@ class Feature2FaceModel(BaseModel):
 
 def auto_num_downs(opt: argparse.Namespace) -> int:
     """U-Net depth for the identity's image size: innermost level 2 px (LSP: 512 px -> 8 levels)."""
-    from datasets.base_dataset import identity_root
-    from util.identity import load_image_rgb
+    from datasets.base_dataset import identity_files
+    from util.io import load_image_rgb
 
-    side = min(load_image_rgb(identity_root(opt) / "candidates" / "normalized_full_0.jpg", "candidate image").shape[:2])
+    side = min(load_image_rgb(identity_files(opt).candidate(0), "candidate image").shape[:2])
     return max(MIN_DOWNS, int(math.log2(side)) - 1)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from options.common import format_options, log_non_defaults, positive_int, save_options
+from options.common import format_options, log_non_defaults, save_options
 from util import registry
+from util.argtypes import non_negative_int, positive_float, positive_int, seed
 from util.distributed import world_info
 
 
@@ -38,15 +39,15 @@ class BaseOptions:
         parser.add_argument("--model", type=str, default="audio2feature", choices=models, help="which stage to run")
         parser.add_argument("--dataset_mode", type=str, default=None, choices=datasets or None,
                             help="how data is read (default: the model's own)")
-        parser.add_argument("--num_threads", type=int, default=2, help="data-loading worker processes")
+        parser.add_argument("--num_threads", type=non_negative_int, default=2, help="data-loading worker processes")
         parser.add_argument("--batch_size", type=positive_int, default=32, help="input batch size")
         parser.add_argument("--serial_batches", action="store_true", help="take samples in order, without shuffling")
         parser.add_argument("--max_dataset_size", type=positive_int, default=None,
                             help="use at most this many samples (default: all)")
         parser.add_argument("--epoch", type=str, default="latest",
                             help="which checkpoint to load: latest, best, or an epoch number")
-        parser.add_argument("--seed", type=int, default=0, help="seed of every random generator")
-        parser.add_argument("--fps", type=float, default=60.0,
+        parser.add_argument("--seed", type=seed, default=0, help="seed of every random generator")
+        parser.add_argument("--fps", type=positive_float, default=60.0,
                             help="model rate of the audio stages: tracks and audio windows (preprocess.py --fps)")
         parser.add_argument("--verbose", action="store_true", help="print network architectures and more logging")
         parser.add_argument("--suffix", type=str, default="",
@@ -87,7 +88,10 @@ class BaseOptions:
         if opt.dataset_mode is None:
             opt.dataset_mode = getattr(registry.find("model", opt.model), "default_dataset_mode", None)
         if opt.suffix:
-            opt.name = opt.name + "_" + opt.suffix.format(**vars(opt))
+            try:
+                opt.name = opt.name + "_" + opt.suffix.format(**vars(opt))
+            except (KeyError, IndexError, ValueError, AttributeError) as err:
+                parser.error(f"argument --suffix: '{opt.suffix}' names an unknown or broken option field ({err})")
         return opt
 
     def parse(self, args: list[str] | None = None, save: bool = True) -> argparse.Namespace:

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from util.io import write_text
+
 log = logging.getLogger("lsp")
 
 
@@ -22,10 +24,12 @@ def format_options(opt: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def save_options(opt: argparse.Namespace, parser: argparse.ArgumentParser, folder: Path, phase: str) -> None:
-    """Write `<phase>_opt.txt` (human) and `opt.json` (machine-readable) into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{phase}_opt.txt").write_text(format_options(opt, parser) + "\n")
-    (folder / "opt.json").write_text(json.dumps(vars(opt), indent=2, sort_keys=True, default=str) + "\n")
+    """Write `<phase>_opt.txt` (human) and the same as JSON (machine-readable) into `folder`: `opt.json`
+    for training and the demo, `<phase>_opt.json` otherwise, so testing a run never replaces the
+    options it was trained with."""
+    write_text(folder / f"{phase}_opt.txt", format_options(opt, parser) + "\n")
+    name = "opt.json" if phase in ("train", "demo") else f"{phase}_opt.json"
+    write_text(folder / name, json.dumps(vars(opt), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def log_non_defaults(opt: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -33,19 +37,3 @@ def log_non_defaults(opt: argparse.Namespace, parser: argparse.ArgumentParser) -
     changed = {k: v for k, v in vars(opt).items() if v != parser.get_default(k)}
     if changed:
         log.info("options: %s", ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a float >= 0."""
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from options.common import log_non_defaults, non_negative_float, positive_int
+from options.common import log_non_defaults
+from util.argtypes import non_negative_float, positive_int, seed
 
 
 class DemoOptions:
@@ -17,7 +18,7 @@ class DemoOptions:
         parser.add_argument("--driving_audio", type=Path, default=None,
                             help="speech to drive the portrait: wav/flac/mp3/ogg/m4a/mp4, any rate, mono or stereo")
         parser.add_argument("--device", type=str, default="cpu", help="cpu, cuda or cuda:N")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the head-motion sampling")
+        parser.add_argument("--seed", type=seed, default=0, help="seed of the head-motion sampling")
         parser.add_argument("--results_dir", type=Path, default=Path("results"),
                             help="outputs go to <results_dir>/<id>/<audio name>/")
         parser.add_argument("--save_intermediates", action="store_true",

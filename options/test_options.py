@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from options.base_options import BaseOptions
-from options.common import positive_int
+from util.argtypes import positive_int
 
 
 class TestOptions(BaseOptions):

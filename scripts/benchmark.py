@@ -22,6 +22,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from models.runtime import PortraitPipeline
+    from models.runtime.renderer import FaceRenderer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -79,65 +86,59 @@ def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]
     return statistics.median(times)
 
 
-def random_pipeline(args: argparse.Namespace, workdir: Path):  # noqa: ANN201
+def random_pipeline(args: argparse.Namespace, workdir: Path) -> PortraitPipeline:
     """A pipeline with random weights at the requested sizes over a synthetic identity."""
-    import numpy as np
     import torch
 
-    from models.networks import (
-        APC,
-        Audio2FeatureNet,
-        Audio2HeadposeNet,
-        Feature2FaceG,
-        Feature2FaceGConfig,
-    )
-    from models.pipeline import PortraitPipeline, resolve_device
-    from util.identity import CONFIG_DIR, IdentityAssets, read_yaml, resolve
-    from util.synthetic import write_assets
+    from datasets.identity import CONFIG_DIR, IdentityAssets
+    from models.networks import APC, Audio2FeatureNet, Audio2HeadposeNet, Feature2FaceG, Feature2FaceGConfig
+    from models.runtime import PortraitPipeline
+    from models.runtime.renderer import resolve_device
+    from models.synthetic import write_assets
+    from util.io import read_yaml
 
     torch.manual_seed(0)
     write_assets(workdir / "data" / "bench", args.image_size, n_frames=300, apc_frames=args.database_frames)
-    base = np.random.default_rng(0).normal(0, 0.1, (args.database_frames, 512)).astype(np.float32)
-    np.save(workdir / "data" / "bench" / "APC_feature_base.npy", base)
     cfg = read_yaml(CONFIG_DIR / "default.yaml")
     cfg["_root"], cfg["_path"] = str(workdir), "(random weights)"
     cfg["dataset_params"] = {k: v.replace("{id}", "bench") for k, v in cfg["dataset_params"].items()}
     assets = IdentityAssets.load(cfg)
-    assert resolve(cfg, cfg["dataset_params"]["root"]).is_dir()
     netg = Feature2FaceG(Feature2FaceGConfig(size=args.g_size, ngf=args.ngf, num_downs=args.num_downs))
     nets = [m.eval() for m in (APC(), Audio2FeatureNet(), Audio2HeadposeNet(), netg)]
     return PortraitPipeline.build(cfg, assets, *nets, resolve_device(args.device))
 
 
-def run(args: argparse.Namespace, pipe, clip, workdir: Path) -> dict:  # noqa: ANN001
+def run(args: argparse.Namespace, pipe: PortraitPipeline, clip: np.ndarray, workdir: Path) -> dict:
     """Time every stage on the same audio (`clip` looped to --seconds); returns the JSON-ready results."""
     import numpy as np
     import torch
 
     from models.networks.audio2headpose import generate_headpose_full
-    from models.streaming import MouthStream, PairBuffer, PoseStream
+    from models.runtime.manifold import project_to_manifold
+    from models.runtime.streams import MouthStream, PairBuffer, PoseStream
     from util.audio import log_mel_framewise
     from util.geometry import project, project_landmarks, shoulder_points
-    from util.manifold import project_to_manifold
 
     audio = np.resize(clip, int(args.seconds * pipe.sample_rate))
     n = pipe.check_audio(audio, str(args.audio or DEFAULT_AUDIO))
-    enc, dev = pipe.encoder, pipe.encoder.device
+    side = pipe.audio_side
+    enc, dev, st = side.encoder, side.device, pipe.settings
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     mel = enc.mel(audio)
     mel_t = torch.from_numpy(mel).to(dev)[None]
     with torch.no_grad():
         raw = enc.apc(mel_t)[0][0].cpu()
-    apc = project_to_manifold(raw, enc.database, enc.knear, enc.blend) if enc.database is not None else raw
+    knear, blend = st.encoder.knear, st.encoder.blend
+    apc = project_to_manifold(raw, enc.database, knear, blend) if enc.database is not None else raw
     pairs_all = apc.reshape(n, -1)
 
     def mouth() -> np.ndarray:
-        buf, stream = PairBuffer(), MouthStream(pipe.mouth)
+        buf, stream = PairBuffer(), MouthStream(side.mouth_net, st.mouth, side.assets, dev)
         out = [stream.push(buf.push(apc)).face3d]
         return np.concatenate([*out, stream.finish(buf, n).face3d])
 
     def pose() -> tuple[np.ndarray, np.ndarray]:
-        buf, stream = PairBuffer(), PoseStream(pipe.headpose, 0, 0.3)
+        buf, stream = PairBuffer(), PoseStream(side.pose_net, st.pose, side.assets.mean_trans, 0, 0.3, dev)
         a_out, b_out = stream.push(buf.push(apc)), None
         b_out = stream.finish(buf, n)
         return np.concatenate([a_out[0], b_out[0]]), np.concatenate([a_out[1], b_out[1]])
@@ -153,18 +154,18 @@ def run(args: argparse.Namespace, pipe, clip, workdir: Path) -> dict:  # noqa: A
     stage("mel", lambda: enc.mel(audio), n)
     stage("apc", lambda: torch.no_grad()(enc.apc)(mel_t), n)
     if enc.database is not None:
-        stage("manifold", lambda: project_to_manifold(raw, enc.database, enc.knear, enc.blend), n)
+        stage("manifold", lambda: project_to_manifold(raw, enc.database, knear, blend), n)
     stage("audio2feature", mouth, n)
     stage("audio2headpose", pose, n)
     stage("projection", lambda: (project_landmarks(face3d, rot, trans, a.scale, a.intrinsic),
                                  project(shoulder_points(a.shoulders3d, a.ref_trans, trans, 0.5), a.intrinsic)), n)
     m = min(args.reference_frames, n)
-    ff = pipe.headpose.frame_future
+    ff = st.pose.frame_future
     pairs = pairs_all[: m + ff].to(dev)
-    noise, uni = torch.randn(m, pipe.headpose.net.cfg.ndim), torch.rand(m)
+    noise, uni = torch.randn(m, side.pose_net.cfg.ndim, device=dev), torch.rand(m, device=dev)
 
     def reference_pose() -> None:
-        generate_headpose_full(pipe.headpose.net, pairs, m, ff, noise, uni, 0.3)
+        generate_headpose_full(side.pose_net, pairs, m, ff, noise, uni, 0.3)
 
     stage("reference_mel", lambda: log_mel_framewise(audio, enc.mel.cfg), n)
     stage("reference_audio2headpose", reference_pose, m)
@@ -205,20 +206,20 @@ def run(args: argparse.Namespace, pipe, clip, workdir: Path) -> dict:  # noqa: A
     }
 
 
-def compiled_copy(pipe):  # noqa: ANN001, ANN201 - a FaceRenderer through torch.compile
+def compiled_copy(pipe: PortraitPipeline) -> FaceRenderer:
     """The pipeline's renderer with its network through torch.compile (compiled on its first call)."""
-    from models.pipeline import compile_renderer
+    from models.runtime.renderer import compile_renderer
 
     renderer = copy.copy(pipe.renderer)
     renderer.net = compile_renderer(pipe.renderer.net, pipe.renderer.device)
     return renderer
 
 
-def onnx_copy(pipe, workdir: Path):  # noqa: ANN001, ANN201 - a FaceRenderer on onnxruntime
+def onnx_copy(pipe: PortraitPipeline, workdir: Path) -> FaceRenderer:
     """The pipeline's renderer exported to an ONNX file in `workdir` and run by onnxruntime."""
     import importlib.util
 
-    from models.pipeline import _onnx_session
+    from models.runtime.renderer import onnx_session
 
     spec = importlib.util.spec_from_file_location("export_onnx", Path(__file__).resolve().parent / "export_onnx.py")
     export = importlib.util.module_from_spec(spec)
@@ -227,11 +228,11 @@ def onnx_copy(pipe, workdir: Path):  # noqa: ANN001, ANN201 - a FaceRenderer on 
     if not path.is_file():
         export.export_renderer(pipe, path)
     renderer = copy.copy(pipe.renderer)
-    renderer.session = _onnx_session(path)
+    renderer.session = onnx_session(path)
     return renderer
 
 
-def offline(args: argparse.Namespace, pipe, audio) -> dict:  # noqa: ANN001
+def offline(args: argparse.Namespace, pipe: PortraitPipeline, audio: np.ndarray) -> dict:
     """A whole offline run (PortraitPipeline.generate) into a temporary folder: frames/s end to end."""
     clip = audio[: int(args.offline_seconds * pipe.sample_rate)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,9 +243,9 @@ def offline(args: argparse.Namespace, pipe, audio) -> dict:  # noqa: ANN001
     return {"offline_fps": round(n / seconds, 3), "offline_frames": n}
 
 
-def stream(args: argparse.Namespace, pipe, audio, workdir: Path) -> dict:  # noqa: ANN001
+def stream(args: argparse.Namespace, pipe: PortraitPipeline, audio: np.ndarray, workdir: Path) -> dict:
     """A live session on `args.stream_seconds` of the audio, paced in real time: latency and throughput."""
-    from models.streaming import StreamingSession, paced_chunks, run_live
+    from models.runtime import StreamingSession, paced_chunks, run_live
 
     clip = audio[: int(args.stream_seconds * pipe.sample_rate)]
     renderer = {"onnx": lambda: onnx_copy(pipe, workdir), "compile": lambda: compiled_copy(pipe),
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from models.pipeline import PortraitPipeline
+    from models.runtime import PortraitPipeline
     from util.audio import load_audio
     from util.errors import InputError
 

@@ -1,6 +1,6 @@
 """Evaluate a trained identity: python scripts/evaluate.py --id Alice --driving_audio other_speaker.wav
 
-Drives the identity with the speech of its held-out tail and with another speaker (demo.py), then
+Drives the identity with the speech of its held-out tail and with another speaker (as demo.py), then
 measures renderer fidelity (PSNR, SSIM; LPIPS with --lpips_*), audio to mouth and end to end (the
 rendered video re-tracked) mouth distance and opening correlation, head-pose statistics, lip sync
 (LSE-D / LSE-C with --syncnet_ckpt) and speed; writes results/<id>/metrics.json and report.html.
@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from util.evaluate import add_metric_weight_flags, check_metric_weight_flags, demo_and_evaluate
+    from models.evaluation.evaluate import add_metric_weight_flags, demo_and_evaluate, metric_weights
     from util.log import get_logger
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speech", type=Path, default=None, help="the APC training speech, for the report's summary")
     add_metric_weight_flags(p)
     args = p.parse_args(argv)
-    check_metric_weight_flags(p, args)
+    weights = metric_weights(p, args)
+    from datasets.identity import check_identity_name
     from util.errors import InputError
 
     get_logger()
     try:
-        report = demo_and_evaluate(args.id, args.data_root, args.config_dir, args.results_dir, args.driving_audio,
-                                   args.device, {}, args, args.speech)
+        report = demo_and_evaluate(check_identity_name(args.id), args.data_root, args.config_dir, args.results_dir,
+                                   args.driving_audio, args.device, {}, weights, args.speech)
     except InputError as err:
         print(f"evaluate.py: error: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.runtime import PortraitPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -18,7 +22,7 @@ OPSET = 17
 TOLERANCE = 1e-3  # max abs difference in [-1, 1] output units
 
 
-def export_renderer(pipe, path: Path) -> float:  # noqa: ANN001 - a PortraitPipeline
+def export_renderer(pipe: PortraitPipeline, path: Path) -> float:
     """Trace the renderer to ONNX (dynamic batch) and return the largest difference from torch."""
     import warnings
 
@@ -26,16 +30,15 @@ def export_renderer(pipe, path: Path) -> float:  # noqa: ANN001 - a PortraitPipe
     import onnxruntime as ort
     import torch
 
+    from util.io import atomic_write
+
     net = pipe.renderer.net.float().cpu().eval()
     h, w = pipe.assets.image_size
     x = torch.randn(1, net.cfg.input_nc, h, w)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():  # the TorchScript exporter announces its own deprecation
+    with atomic_write(path) as tmp, warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    tmp.replace(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         ref = net(x).numpy()
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files")
     p.add_argument("--out", type=Path, default=None, help="output file (default: from the config)")
     args = p.parse_args(argv)
-    from models.pipeline import PortraitPipeline, onnx_renderer_path
+    from models.runtime import PortraitPipeline
+    from models.runtime.renderer import onnx_renderer_path
     from util.errors import InputError
 
     try:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from util.identity import CONFIG_DIR, PROJECT_ROOT
+    from datasets.identity import CONFIG_DIR, DATA_DIR
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", type=Path, nargs="+", default=[], help="video file(s) of the same person talking")
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", type=str, default=None, choices=("apc_features",), help="run just this step")
     p.add_argument("--force", action="store_true", help="redo every step, writing over this identity's files")
     p.add_argument("--no_overlay", action="store_true", help="do not write overlay.mp4")
-    p.add_argument("--data_root", type=Path, default=PROJECT_ROOT / "data", help="identities live here")
+    p.add_argument("--data_root", type=Path, default=DATA_DIR, help="identities live here")
     p.add_argument("--config_dir", type=Path, default=CONFIG_DIR, help="config/<id>.yaml goes here")
     args = p.parse_args(argv)
     if args.only is None and not args.video:
@@ -54,19 +54,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from datasets.identity import check_identity_name
+    from datasets.preprocessing.run import Settings, finished_meta, run
+    from models.apc_model import write_apc_features
     from util.errors import InputError
     from util.log import get_logger
-    from util.preprocess import Settings, run
 
     get_logger()
-    settings = Settings(
-        identity=args.id, videos=args.video, audios=args.audio or [None] * len(args.video), size=args.size,
-        fps=args.fps, val_fraction=args.val_fraction, max_gap=args.max_gap, min_clip=args.min_clip,
-        min_total=args.min_total, candidates=args.candidates, landmarker=args.landmarker, apc_ckpt=args.apc_ckpt,
-        force=args.force, only=args.only, data_root=args.data_root, config_dir=args.config_dir,
-        overlay=not args.no_overlay)
     try:
-        meta = run(settings)
+        check_identity_name(args.id)
+        settings = Settings(
+            identity=args.id, videos=args.video, audios=args.audio or [None] * len(args.video), size=args.size,
+            fps=args.fps, val_fraction=args.val_fraction, max_gap=args.max_gap, min_clip=args.min_clip,
+            min_total=args.min_total, candidates=args.candidates, landmarker=args.landmarker, force=args.force,
+            data_root=args.data_root, config_dir=args.config_dir, overlay=not args.no_overlay)
+        meta = finished_meta(settings.root, "--only apc_features") if args.only == "apc_features" else run(settings)
+        if args.apc_ckpt is not None or args.only == "apc_features":
+            write_apc_features(settings.root, args.apc_ckpt, args.config_dir, args.id, meta)
     except InputError as err:
         print(f"preprocess.py: error: {err}", file=sys.stderr)
         return 2

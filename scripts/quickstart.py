@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,13 +52,10 @@ PROFILES = {
         "feature2face": ["--ngf", "8", "--ndf", "8", "--batch_size", "2", "--max_iters", "10", "--frame_jump", "20"],
     },
 }
-STAGES = ("audio2feature", "audio2headpose", "feature2face")
-NETWORK = {"apc": "APC", "audio2feature": "Audio2Feature", "audio2headpose": "Audio2Headpose",
-           "feature2face": "Feature2Face"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from util.evaluate import add_metric_weight_flags, check_metric_weight_flags
+    from models.evaluation.evaluate import add_metric_weight_flags, metric_weights
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", type=str, default="fast", choices=tuple(PROFILES), help="training budget")
@@ -74,11 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="redo every step")
     add_metric_weight_flags(p)
     args = p.parse_args(argv)
-    check_metric_weight_flags(p, args)
+    args.weights = metric_weights(p, args)
     return args
 
 
-def run_step(name: str, fn, args: list[str]) -> None:  # noqa: ANN001
+def run_step(name: str, fn: Callable[[list[str]], int], args: list[str]) -> None:
     """Run one CLI entry point in-process; stop the quickstart with its message when it fails."""
     start = time.time()
     print(f"\n== {name}", flush=True)
@@ -90,20 +88,19 @@ def run_step(name: str, fn, args: list[str]) -> None:  # noqa: ANN001
 
 def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, timings: dict) -> Path:
     """Train (or resume, or skip) one stage; returns its network checkpoint."""
-    import torch
-
     import train
+    from datasets.identity import STAGES
+    from util.checkpoint import load_checkpoint_state, network_path, state_path
 
     run = a.checkpoints_dir / name
-    ckpt = run / f"latest_net_{NETWORK[stage]}.pth"
+    ckpt = network_path(run, "latest", STAGES[stage].network)
     flags = PROFILES[a.profile][stage]
     target = int(flags[flags.index("--max_iters") + 1])
     args = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir", str(a.checkpoints_dir),
             "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir", str(a.config_dir),
             "--display_freq", "100", "--print_freq", "50", *flags]
-    state = run / "latest_state.pth"
-    if state.is_file() and not a.force:
-        done = torch.load(state, map_location="cpu", weights_only=False)["total_iters"]
+    if state_path(run, "latest").is_file() and not a.force:
+        done = load_checkpoint_state(run, "latest", "training state")["total_iters"]
         if done >= target:
             print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
             return ckpt
@@ -118,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     import json
 
+    from datasets.identity import STAGES, IdentityFiles
+    from models.evaluation.evaluate import demo_and_evaluate
     from util.errors import InputError
-    from util.evaluate import demo_and_evaluate
     from util.log import get_logger
 
     get_logger()
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     start = time.time()
     common = ["--data_root", str(a.data_root), "--config_dir", str(a.config_dir)]
-    meta = identity / "meta.json"
+    meta = IdentityFiles(identity).meta
     if a.force or not meta.is_file() or json.loads(meta.read_text()).get("status") != "done":
         t = time.time()
         run_step("preprocess the example clip", preprocess.main,
@@ -137,15 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                   *(["--force"] if a.force else [])])
         timings["preprocess_s"] = time.time() - t
     apc = train_stage(a, "apc", a.speech, f"{a.id}_apc", timings)
-    base = identity / "APC_feature_base.npy"
+    base = IdentityFiles(identity).apc_base
     if a.force or not base.is_file() or base.stat().st_mtime < apc.stat().st_mtime:
         run_step("APC features of the example", preprocess.main,
                  ["--id", a.id, "--only", "apc_features", "--apc_ckpt", str(apc), *common])
     for stage in STAGES:
-        train_stage(a, stage, identity, f"{a.id}_{stage}", timings)
+        if stage != "apc":
+            train_stage(a, stage, identity, f"{a.id}_{stage}", timings)
     try:
         report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
-                                   timings, a, a.speech)
+                                   timings, a.weights, a.speech)
     except InputError as err:
         raise SystemExit(f"quickstart.py: error: {err}") from err
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")

@@ -57,8 +57,8 @@ def load_script(name: str):
 @pytest.fixture(scope="session")
 def landmarker() -> Path:
     """MediaPipe's face_landmarker.task, fetched (and checked) on first use; skip when impossible."""
+    from datasets.preprocessing.tracker import ensure_landmarker
     from util.errors import MissingFileError
-    from util.face_tracker import ensure_landmarker
 
     try:
         return ensure_landmarker()

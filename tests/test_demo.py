@@ -11,9 +11,9 @@ import torch
 from conftest import FIXTURES
 
 import demo
-from models.pipeline import PortraitPipeline
+from models.runtime import PortraitPipeline
+from models.synthetic import make_identity
 from util.errors import InputError, MissingFileError
-from util.synthetic import make_identity
 from util.video import probe
 
 SPEECH = FIXTURES / "speech_3s.wav"
@@ -73,8 +73,12 @@ def test_same_seed_same_motion_other_seed_differs(project):
 
 
 def test_zero_pose_gains_hold_the_mean_pose(project, tmp_path):
+    import dataclasses
+
     pipe = PortraitPipeline.from_identity("tiny", "cpu", project / "config")
-    pipe.headpose.gains = [0.0, 0.0]  # Headpose.AMP [rot, trans]: the sampled motion scaled to nothing
+    settings = pipe.audio_side.settings  # Headpose.AMP [rot, trans]: the sampled motion scaled to nothing
+    pipe.audio_side.settings = dataclasses.replace(settings, pose=dataclasses.replace(settings.pose, rot_gain=0.0,
+                                                                                       trans_gain=0.0))
     audio, _ = sf.read(SPEECH, dtype="float32")
     pred = pipe.predict(audio, seed=0)
     np.testing.assert_allclose(pred.rotation, np.tile([180.0, 0, 0], (pred.n_frames, 1)), atol=1e-9)

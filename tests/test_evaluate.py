@@ -11,12 +11,12 @@ import soundfile as sf
 import torch
 from conftest import FIXTURES, load_script
 
-from util import metrics as M
+from models.evaluation import metrics as M
+from models.evaluation.evaluate import mouth_scores
+from models.evaluation.lpips import LPIPS, alexnet_features
+from models.evaluation.syncnet import SyncNet, mfcc, score_video
+from models.synthetic import synthetic_face
 from util.errors import InputError
-from util.evaluate import mouth_scores
-from util.lpips import LPIPS, alexnet_features
-from util.syncnet import SyncNet, mfcc, score_video
-from util.synthetic import synthetic_face
 
 
 def test_psnr_and_ssim_on_known_images():

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-from models.pipeline import load_pose_file
-from util import postprocess
+from models.runtime import postprocess
+from models.runtime.postprocess import load_pose_file
+from models.runtime.settings import MouthSettings, runtime_settings
+from models.synthetic import synthetic_face
 from util.errors import InputError
 from util.geometry import euler_to_matrix, matrix_to_euler, project_landmarks
+from util.io import read_yaml
 from util.landmarks import EYES, FACE_POLYLINES, LOWER_INNER_LIP, UPPER_INNER_LIP, feature_map
-from util.synthetic import synthetic_face
 
 
 def test_euler_round_trip_and_order():
@@ -52,16 +56,27 @@ def test_mouth_faces_amplify_lips_keep_jaw_and_replay_eyes():
     disp[:, 7, 1] = -0.01  # mouth index 7 = point 46 (the first lip point), y
     disp[:, 0, 1] = 0.02  # mouth index 0 = point 4 (the first jaw point), y
     base = mean + 1.0  # the non-mouth points come from the base shape
-    out = postprocess.mouth_faces(disp, assets, base, ["XYZ", 2, 3, 4], True, first_frame=12)
+    mouth = MouthSettings(frame_future=18, sigma=0.0, smooth_lookahead=2, amp_gains=(2.0, 3.0, 4.0), use_jaw=True)
+    out = postprocess.mouth_faces(disp, assets, base, mouth, first_frame=12)
     np.testing.assert_allclose(out[:, 46, 1] - mean[46, 1], -0.03)  # lips: y gain 3
     np.testing.assert_allclose(out[:, 4, 1] - mean[4, 1], 0.02)  # jaw: not amplified
     np.testing.assert_allclose(out[:, 0], base[None, 0].repeat(5, 0))  # contour from the base
     # eyes replay the tracked frames cyclically from frame 10: frames 12..16 -> 10 + (12..16 % 10)
     np.testing.assert_allclose(out[:, EYES], tracked[[12, 13, 14, 15, 16]][:, EYES])
-    no_jaw = postprocess.mouth_faces(disp, assets, base, ["XYZ", 2, 3, 4], False, first_frame=0)
+    no_jaw = postprocess.mouth_faces(disp, assets, base, dataclasses.replace(mouth, use_jaw=False), first_frame=0)
     np.testing.assert_allclose(no_jaw[:, 4], base[None, 4].repeat(5, 0))
-    with pytest.raises(InputError, match="AMP"):
-        postprocess.mouth_faces(disp, assets, base, ["LowerMore", 1], True, first_frame=0)
+
+
+@pytest.mark.parametrize("amp,gains", [(["XYZ", 2, 3, 4], (2, 3, 4)), (["XY", 2, 3], (2, 3, 1)),
+                                       (["LowerMore", 1], None), (["XYZ", 1, 2], None), (["XY", "a", 1], None)])
+def test_lip_gains_from_the_config(amp, gains):
+    cfg = read_yaml(ROOT / "config" / "default.yaml")
+    cfg["model_params"]["Audio2Mouth"]["AMP"] = amp
+    if gains is None:
+        with pytest.raises(InputError, match="Audio2Mouth.AMP"):
+            runtime_settings(cfg, {}, {})
+    else:
+        assert runtime_settings(cfg, {}, {}).mouth.amp_gains == gains
 
 
 def test_feature_map_draws_face_and_survives_bad_points():
@@ -88,5 +103,5 @@ def test_pose_file_formats(tmp_path):
         assert rot.shape == (9, 3) and trans.shape == (9, 3)
         np.testing.assert_array_equal(rot[:, 0], [0, 6, 12, 18, 12, 6, 0, 6, 12])  # ping-pong loop
     (tmp_path / "bad.txt").write_text("1 2 3\n")
-    with pytest.raises(InputError, match="N x 6"):
+    with pytest.raises(InputError, match="expected shape Nx6"):
         load_pose_file(tmp_path / "bad.txt", 5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from util.manifold import FeatureDatabase, lle_weights, project_to_manifold
+from models.runtime.manifold import FeatureDatabase, lle_weights, project_to_manifold
 
 
 def test_knn_matches_brute_force():

@@ -60,7 +60,6 @@ def test_one_step_changes_weights_and_reports(name, tmp_path):
     assert set(visuals) == set(model.visual_names)
     assert all(v.ndim == 4 and v.shape[1] in (1, 3) for v in visuals.values())
     assert set(model.current_metrics()) and all(np.isfinite(v) for v in model.current_metrics().values())
-    model.update_learning_rate()
 
 
 def test_setup_rejects_undeclared_network(tmp_path):

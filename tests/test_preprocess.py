@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import FIXTURES, load_script
 
+from datasets.identity import IdentityAssets, load_config
 from util.audio import load_audio
-from util.identity import IdentityAssets, load_config
 from util.video import VideoReader, VideoWriter
 
 CLIP = FIXTURES / "talk_4s.mp4"  # 4 s of TedLieu_60s (EDTalk, Apache-2.0), 256^2, 25 fps, AAC
@@ -80,7 +80,7 @@ def test_reprojection_and_clips(identity):
 
 def test_apc_features_step_and_pipeline_loads(identity):
     from models.networks import APC, Audio2FeatureNet, Audio2HeadposeNet, Feature2FaceG, Feature2FaceGConfig
-    from models.pipeline import PortraitPipeline
+    from models.runtime import PortraitPipeline
     from util.checkpoint import save_network
 
     apc = APC()
@@ -97,7 +97,8 @@ def test_apc_features_step_and_pipeline_loads(identity):
             Feature2FaceG(Feature2FaceGConfig(ngf=4, num_downs=5)).eval()]
     pipe = PortraitPipeline.build(cfg, IdentityAssets.load(cfg), *nets, torch.device("cpu"))
     pred = pipe.predict(load_audio(FIXTURES / "speech_3s.wav"))
-    frame, fmap = next(pipe.render(pred))
+    fmap = pipe.renderer.feature_maps(pred.face2d[:1], pred.shoulders2d[:1])
+    frame = pipe.renderer(fmap)[0]
     assert frame.shape == (128, 128, 3) and fmap.max() == 255
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import FIXTURES, reference_keys
 
 import demo
-from util.synthetic import write_assets
+from models.synthetic import write_assets
 from util.video import probe
 
 RELEASE_YAML = """model_params:

@@ -7,8 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from util.recorder import ArrayRecorder
-from util.stages import Sink, background
+from models.runtime.offline import ArrayRecorder, Sink, background
 
 
 def test_background_keeps_order_and_stays_bounded():

@@ -13,9 +13,9 @@ import torch
 import test as test_script
 import train
 from models import create_model
+from models.synthetic import write_assets, write_training_clips
 from options.test_options import TestOptions
 from options.train_options import TrainOptions
-from util.synthetic import write_assets, write_training_clips
 
 STAGE_ARGS = {
     "audio2feature": ["--sequence_length", "40", "--frame_future", "6", "--batch_size", "4"],

@@ -8,8 +8,10 @@ import torch
 
 from models.losses import gmm_nll, gmm_sample
 from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
-from models.networks.audio2headpose import generate_headpose, generate_headpose_full
+from models.networks.audio2headpose import generate_headpose_full
 from models.networks.wavenet import IncrementalWaveNet, WaveNet, WaveNetConfig
+from models.runtime.settings import PoseSettings
+from models.runtime.streams import NoiseSource, PoseStream
 
 
 @pytest.mark.parametrize("cfg", [
@@ -17,18 +19,29 @@ from models.networks.wavenet import IncrementalWaveNet, WaveNet, WaveNetConfig
     Audio2HeadposeConfig(residual_layers=3, residual_blocks=2, residual_channels=16, dilation_channels=24,
                          skip_channels=32, kernel_size=3, cond_channels=64, ncenter=3),
 ])
-def test_incremental_equals_full_recompute(cfg):
+def pose_stream_samples(net, pairs, ff, seed, chunks):
+    """The raw pose samples production runs: PoseStream fed `pairs` in `chunks` pieces."""
+    settings = PoseSettings(frame_future=ff, sigma_scale=0.3, rot_gain=1, trans_gain=1, rot_sigma=0, trans_sigma=0,
+                            shoulder_gain=0.5)
+    stream = PoseStream(net, settings, np.zeros(3), seed, 0.3, torch.device("cpu"))
+    bounds = [0, *chunks, len(pairs)]
+    return np.concatenate([stream.push(pairs[a:b])[2] for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def test_incremental_stream_equals_full_recompute(cfg):
     torch.manual_seed(0)
     net = Audio2HeadposeNet(cfg).eval()
-    n, ff = 40, 15
+    n, ff, seed = 40, 15, 7
     apc = torch.randn(n + ff, 2 * cfg.apc_dim)
-    noise, uniform = torch.randn(n, cfg.ndim), torch.rand(n)
-    fast = generate_headpose(net, apc, n, ff, noise, uniform, 0.3)
+    draws = NoiseSource(seed, cfg.ndim)
+    noise, uniform = (torch.cat(d) for d in zip(*(draws.draw(i) for i in range(n))))
     full = generate_headpose_full(net, apc, n, ff, noise, uniform, 0.3)
-    assert fast.shape == (n, cfg.ndim)
-    np.testing.assert_allclose(fast.numpy(), full.numpy(), atol=1e-4)
-    other = generate_headpose(net, apc, n, ff, torch.randn(n, cfg.ndim), uniform, 0.3)
-    assert not torch.allclose(fast, other)  # the draws matter: the comparison above is not vacuous
+    for chunks in ([], [1, 17, 18], [30]):  # the poses do not depend on how the audio arrives
+        fast = pose_stream_samples(net, apc, ff, seed, chunks)
+        assert fast.shape == (n, cfg.ndim)
+        np.testing.assert_allclose(fast, full.numpy(), atol=1e-4)
+    other = pose_stream_samples(net, apc, ff, seed + 1, [])
+    assert not np.allclose(fast, other)  # the draws matter: the comparison above is not vacuous
 
 
 def test_prime_then_steps_equal_convolution():

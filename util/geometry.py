@@ -63,3 +63,23 @@ def shoulder_points(shoulders3d: np.ndarray, ref_trans: np.ndarray, trans: np.nd
         (N, S, 3) camera-space shoulder points.
     """
     return shoulders3d[None] + (np.asarray(trans) - ref_trans)[:, None, :] * gain
+
+
+# The audio-to-pose model works on normalised poses (LSP §4.1): rot_x wrapped to [0, 360) minus 180, so
+# a frontal face (rot_x = 180 in the release's convention) is 0, and the translation minus its mean.
+ROT_X_OFFSET = 180.0
+
+
+def normalise_pose(rot: np.ndarray, trans: np.ndarray, mean_trans: np.ndarray) -> np.ndarray:
+    """Camera pose (N, 3) degrees and (N, 3) -> the model's pose (N, 6): [rot - x offset, trans - mean]."""
+    r = np.asarray(rot, np.float64).copy()
+    r[:, 0] = np.mod(r[:, 0], 360.0) - ROT_X_OFFSET
+    return np.concatenate([r, np.asarray(trans, np.float64) - mean_trans], 1)
+
+
+def denormalise_pose(pose: np.ndarray, mean_trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's pose (N, 6) -> camera rotation (N, 3) degrees and translation (N, 3); inverse of
+    `normalise_pose` up to the 360-degree wrap."""
+    rot = np.asarray(pose[:, :3], np.float64).copy()
+    rot[:, 0] += ROT_X_OFFSET
+    return rot, np.asarray(pose[:, 3:6], np.float64) + mean_trans

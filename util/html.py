@@ -7,6 +7,8 @@ from pathlib import Path
 import dominate
 from dominate.tags import a, br, h3, img, meta, p, table, td, tr
 
+from util.io import write_text
+
 
 class HTML:
     """A page at <web_dir>/index.html with images under <web_dir>/images/."""
@@ -42,5 +44,5 @@ class HTML:
 
     def save(self, name: str = "index.html") -> Path:
         path = self.web_dir / name
-        path.write_text(self.doc.render())
+        write_text(path, self.doc.render())
         return path

@@ -22,6 +22,9 @@ LOWER_INNER_LIP = [58, 59, 60]
 UPPER_OUTER_LIP = [47, 48, 49, 50, 51]
 LOWER_OUTER_LIP = [57, 56, 55, 54, 53]
 OUTER_LIP_RING = list(range(46, 58))
+CONTOUR_ENDS = (0, 14)  # the contour's ends at the ears: their distance is the face width
+INNER_LIP_MID = (62, 59)  # upper and lower inner-lip mid points: their distance is the mouth opening
+NUM_CANDIDATES = 4  # LSP §1.11: the renderer sees the feature map and four candidate images of the person
 
 # MediaPipe Face Mesh vertex of each of the 73 LSP points (image-left = the person's right side).
 # Mesh vertices are fixed on the face, so the contour does not slide: the "fix_contour" layout.
@@ -54,6 +57,18 @@ SHOULDER_POLYLINES = [list(range(i * SHOULDER_POLYLINE, (i + 1) * SHOULDER_POLYL
 LINE_THICKNESS = 2  # LSP §1.10: cv2.line thickness, 8-connected, not anti-aliased
 LINE_VALUE = 255
 COORD_LIMIT_FACTOR = 8  # points further than 8 image sides away are clamped before drawing
+
+
+def face_width(points: np.ndarray) -> np.ndarray:
+    """Width of the face (contour end to end) per frame of (..., 73, D) landmarks: (...)."""
+    a, b = CONTOUR_ENDS
+    return np.linalg.norm(points[..., b, :] - points[..., a, :], axis=-1)
+
+
+def mouth_opening(points: np.ndarray) -> np.ndarray:
+    """Inner-lip opening (upper mid to lower mid) per frame of (..., 73, D) landmarks: (...)."""
+    upper, lower = INNER_LIP_MID
+    return np.linalg.norm(points[..., upper, :] - points[..., lower, :], axis=-1)
 
 
 def draw_polylines(canvas: np.ndarray, points: np.ndarray, polylines: list[list[int]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,13 @@ def warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         logging.getLogger(LOGGER_NAME).warning(message)
+
+
+def git_commit() -> str:
+    """The project's current git commit, or 'unknown' (recorded with checkpoints and identities)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from util.log import warn_once
 
 log = logging.getLogger("lsp")
 PLOT_SIZE = (256, 512)  # (height, width) of curve and spectrogram visuals
+VISUAL_FILE = re.compile(r"^epoch(?P<epoch>\d+)_(?P<label>.+)\.png$")  # epoch003_fake.png, epoch1000_fake.png
 PLOT_COLORS = [(0, 170, 255), (255, 80, 0), (0, 200, 0), (200, 0, 200)]
 
 
@@ -120,8 +122,10 @@ class Visualizer:
             for k, v in values.items():
                 self.tb.add_scalar(f"{group}/{k}", v, total_iters)
 
-    def display_current_results(self, visuals: dict[str, torch.Tensor], epoch: int, total_iters: int) -> None:
-        """Visuals to TensorBoard, visdom and the HTML page (<checkpoints>/<name>/web/index.html)."""
+    def display_current_results(self, visuals: dict[str, torch.Tensor], epoch: int, total_iters: int,
+                                save_html: bool = True) -> None:
+        """Visuals to TensorBoard and visdom, and with `save_html` to the HTML page
+        (<checkpoints>/<name>/web/index.html)."""
         if not self.enabled:
             return
         images = {k: tensor_to_image(v) for k, v in visuals.items()}
@@ -131,16 +135,21 @@ class Visualizer:
         if self.vis is not None:
             for i, (k, im) in enumerate(images.items()):
                 self.vis.image(im.transpose(2, 0, 1), win=self.opt.display_id + i, opts={"title": k})
-        if getattr(self.opt, "no_html", False):
+        if getattr(self.opt, "no_html", False) or not save_html:
             return
         page = HTML(self.web_dir, f"Experiment name = {self.opt.name}", refresh=0)
         for k, im in images.items():
             cv2.imwrite(str(page.img_dir / f"epoch{epoch:03d}_{k}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
-        epochs = sorted({int(p.name[5:8]) for p in page.img_dir.glob("epoch*_*.png")}, reverse=True)
-        for e in epochs:
+        by_epoch: dict[int, list[tuple[str, str]]] = {}
+        for path in page.img_dir.glob("epoch*_*.png"):
+            m = VISUAL_FILE.match(path.name)
+            if m:
+                by_epoch.setdefault(int(m["epoch"]), []).append((path.name, m["label"]))
+        for e in sorted(by_epoch, reverse=True):
             page.add_header(f"epoch [{e}]")
-            names = sorted(p.name for p in page.img_dir.glob(f"epoch{e:03d}_*.png"))
-            page.add_images([f"images/{n}" for n in names], [n[9:-4] for n in names], [f"images/{n}" for n in names])
+            names = sorted(by_epoch[e])
+            page.add_images([f"images/{n}" for n, _ in names], [label for _, label in names],
+                            [f"images/{n}" for n, _ in names])
         page.save()
 
     def close(self) -> None:

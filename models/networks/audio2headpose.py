@@ -5,24 +5,22 @@ conditions and the last 255 sampled 12-d poses ([rot xyz in degrees, translation
 velocities]) and outputs a Gaussian over the next pose. Generation samples from it and feeds the
 sample back. Pose t sees audio up to frame t + frame_future (15 frames = 250 ms at 60 fps).
 
-Two generators give the same poses for the same random draws:
-* `generate_headpose` (ours): condition projected once for the whole clip, then one cached step per
-  frame with `IncrementalWaveNet` (~4 MMAC per frame);
-* `generate_headpose_full` (the original's): re-runs the MLP and the WaveNet over the full
-  255-frame window for every frame (~1.08 GMAC per frame), kept as the reference for benchmarks.
+Inference samples one cached step per frame with `IncrementalWaveNet` (~4 MMAC per frame, run by
+models/runtime/streams.py PoseStream); `generate_headpose_full` is the original algorithm, which re-runs
+the MLP and the WaveNet over the full 255-frame window for every frame (~1.08 GMAC per frame), kept as
+the reference for tests and benchmarks: both give the same poses for the same random draws.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from models.losses import gmm_sample
 from models.networks.blocks import frame_mlp
-from models.networks.wavenet import IncrementalWaveNet, WaveNet, WaveNetConfig
+from models.networks.wavenet import WaveNet, WaveNetConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class Audio2HeadposeConfig:
 
 
 class Audio2HeadposeNet(nn.Module):
-    """Teacher-forced forward for training; see the generate_* functions for sampling."""
+    """Teacher-forced forward for training; sampling runs step by step (PoseStream, generate_headpose_full)."""
 
     def __init__(self, cfg: Audio2HeadposeConfig = Audio2HeadposeConfig()) -> None:
         super().__init__()
@@ -92,7 +90,7 @@ def _check_inputs(net: Audio2HeadposeNet, apc_pairs: torch.Tensor, n_frames: int
                          f"with lookahead {frame_future}, got {apc_pairs.shape[0]}")
 
 
-def _window_index(n_frames: int, receptive_field: int, frame_future: int) -> torch.Tensor:
+def window_index(n_frames: int, receptive_field: int, frame_future: int) -> torch.Tensor:
     """Condition frame of each global step g = 0 .. rf-2+n_frames: audio frame g+ff-(rf-1), clamped at 0.
 
     The original prepends rf-1 copies of audio frame 0 and starts from rf zero poses (LSP §1.6).
@@ -102,51 +100,21 @@ def _window_index(n_frames: int, receptive_field: int, frame_future: int) -> tor
 
 
 @torch.no_grad()
-def generate_headpose(
-    net: Audio2HeadposeNet, apc_pairs: torch.Tensor, n_frames: int, frame_future: int,
-    noise: torch.Tensor, uniform: torch.Tensor, sigma_scale: float,
-) -> torch.Tensor:
-    """Sample `n_frames` poses with the incremental WaveNet.
-
-    Args:
-        apc_pairs: (n_frames + frame_future, 2 * apc_dim) APC features, two per video frame.
-        noise: (n_frames, ndim) standard-normal draws; uniform: (n_frames,) draws for the component.
-        sigma_scale: multiplies every sampled sigma (0.3 in the release).
-    Returns:
-        (n_frames, ndim) sampled poses and velocities (normalised as in training).
-    """
-    _check_inputs(net, apc_pairs, n_frames, frame_future)
-    cfg, rf = net.cfg, net.receptive_field
-    inc = IncrementalWaveNet(net.WaveNet)
-    per_frame = inc.project_condition(net.condition(apc_pairs[None].reshape(1, -1, cfg.apc_dim)))[0]
-    cond = per_frame[_window_index(n_frames, rf, frame_future).numpy()]  # (steps, n_layers, 2dil)
-    # The first rf steps all read zero history: run them as one convolution.
-    out = inc.prime(np.zeros((1, rf, cfg.ndim), np.float32), cond[None, :rf])[:, -1]
-    poses = np.zeros((n_frames, cfg.ndim), np.float32)
-    noise, uniform = noise.cpu(), uniform.cpu()
-    for i in range(n_frames):
-        if i > 0:
-            out = inc.step(poses[i - 1 : i], cond[rf - 1 + i : rf + i])
-        poses[i] = gmm_sample(torch.from_numpy(out), cfg.ncenter, cfg.ndim, sigma_scale,
-                              noise[i : i + 1], uniform[i : i + 1])[0].numpy()
-    return torch.from_numpy(poses)
-
-
-@torch.no_grad()
 def generate_headpose_full(
     net: Audio2HeadposeNet, apc_pairs: torch.Tensor, n_frames: int, frame_future: int,
     noise: torch.Tensor, uniform: torch.Tensor, sigma_scale: float,
 ) -> torch.Tensor:
     """The original algorithm: the full 255-frame window (MLP + WaveNet) recomputed for every frame."""
     _check_inputs(net, apc_pairs, n_frames, frame_future)
-    cfg, rf = net.cfg, net.receptive_field
-    index = _window_index(n_frames, rf, frame_future)
-    history = torch.zeros(1, rf, cfg.ndim)
-    poses = torch.zeros(n_frames, cfg.ndim)
+    cfg, rf, device = net.cfg, net.receptive_field, apc_pairs.device
+    index = window_index(n_frames, rf, frame_future).to(device)
+    history = torch.zeros(1, rf, cfg.ndim, device=device)
+    poses = torch.zeros(n_frames, cfg.ndim, device=device)
     for i in range(n_frames):
         window = apc_pairs[index[i : i + rf]].reshape(1, -1, cfg.apc_dim)  # (1, 2*rf, apc_dim)
         out = net(window, history)[:, -1]  # (1, C_out)
-        sample = gmm_sample(out, cfg.ncenter, cfg.ndim, sigma_scale, noise[i : i + 1], uniform[i : i + 1])
+        sample = gmm_sample(out, cfg.ncenter, cfg.ndim, sigma_scale, noise[i : i + 1].to(device),
+                            uniform[i : i + 1].to(device))
         poses[i] = sample[0]
         history = torch.cat([history[:, 1:], sample[:, None]], 1)
     return poses

@@ -45,14 +45,20 @@ class MultiscaleDiscriminator(nn.Module):
         self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
-        """x (B, input_nc, H, W) -> [[layer outputs of scale 0 (full res)], [scale 1], ...]."""
+        """x (B, input_nc, H, W) -> [[layer outputs at full resolution], [at 1/2], ...].
+
+        As in pix2pixHD, the full-resolution input goes through the PatchGAN with the highest index
+        (`scale{num_D-1}_*`) and each halving to the next lower one, so pix2pixHD-style weights load
+        and give the same outputs (tests/test_forward_equality.py).
+        """
         results = []
-        for scale in range(self.cfg.num_D):
+        for i in range(self.cfg.num_D):
+            scale = self.cfg.num_D - 1 - i
             feats, h = [], x
             for j in range(self.cfg.n_layers + 2):
                 h = getattr(self, f"scale{scale}_layer{j}")(h)
                 feats.append(h)
             results.append(feats)
-            if scale < self.cfg.num_D - 1:
+            if i < self.cfg.num_D - 1:
                 x = self.downsample(x)
         return results

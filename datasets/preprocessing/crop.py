@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from util.landmarks import face_width
+
 FACE_WIDTH_FRACTION = 0.38  # the face (contour 0 to 14) spans this much of the crop width
 HEAD_ROOM = 0.12  # the face centre sits this fraction of the crop above the crop centre (room for shoulders)
 
@@ -51,9 +53,6 @@ class CropParams:
             out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = resized[sy0:sy1, sx0:sx1]
         return out
 
-    def as_dict(self) -> dict:
-        return {"scale": np.float64(self.scale), "xc": np.float64(self.xc), "yc": np.float64(self.yc)}
-
 
 def stable_crop(pts2d: np.ndarray, width: int, height: int, size: int) -> CropParams:
     """One crop for a whole video from its tracked points (N, 73, 2) in source pixels.
@@ -62,8 +61,7 @@ def stable_crop(pts2d: np.ndarray, width: int, height: int, size: int) -> CropPa
     the window is centred on the median face centre (moved down by HEAD_ROOM) and kept inside the frame
     when the frame is large enough. Integer crop offsets keep resampling exact.
     """
-    face_width = np.median(np.linalg.norm(pts2d[:, 14] - pts2d[:, 0], axis=-1))
-    side = min(face_width / FACE_WIDTH_FRACTION, width, height)
+    side = min(float(np.median(face_width(pts2d))) / FACE_WIDTH_FRACTION, width, height)
     centre = np.median(pts2d.reshape(-1, 2), axis=0) + [0.0, HEAD_ROOM * side]
     centre = np.clip(centre, side / 2, [width - side / 2, height - side / 2])
     scale = size / side

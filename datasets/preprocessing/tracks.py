@@ -93,6 +93,21 @@ def lsp_geometry(landmarks: np.ndarray, matrices: np.ndarray, width: int, height
     return Geometry(uv, pts3d, rot, trans)
 
 
+def filled_geometry(landmarks: np.ndarray, matrices: np.ndarray, valid: np.ndarray, width: int,
+                    height: int) -> Geometry:
+    """LSP tracks of a run of frames of which only `valid` ones were tracked: gaps are interpolated in
+    time (rotation unwrapped first); needs at least one valid frame."""
+    good = np.flatnonzero(valid)
+    if good.size == 0:
+        raise ValueError("no tracked frame to build the geometry from")
+    lms, mats = landmarks.copy(), matrices.copy()
+    lms[~valid], mats[~valid] = lms[good[0]], mats[good[0]]  # placeholders, replaced below
+    geo = lsp_geometry(lms, mats, width, height)
+    rot = np.rad2deg(np.unwrap(np.deg2rad(geo.rot), axis=0))
+    return Geometry(fill_gaps(geo.pts2d, valid), fill_gaps(geo.pts3d, valid), wrap_rot_x(fill_gaps(rot, valid)),
+                    fill_gaps(geo.trans, valid))
+
+
 def resample(values: np.ndarray, src_fps: float, dst_fps: float, periodic_deg: bool = False) -> np.ndarray:
     """Linear resampling along time from src_fps to dst_fps: (N, ...) -> (int(N / src * dst), ...).
 
@@ -110,11 +125,6 @@ def resample(values: np.ndarray, src_fps: float, dst_fps: float, periodic_deg: b
     out = (1 - w) * x[lo] + w * x[hi]
     out = out.reshape((m, *values.shape[1:]))
     return wrap_rot_x(out) if periodic_deg and out.shape[-1] == 3 else out
-
-
-def mouth_opening(pts3d: np.ndarray) -> np.ndarray:
-    """Inner-lip gap (upper mid 62 to lower mid 59) of pose-free landmarks (N, 73, 3) -> (N,)."""
-    return np.linalg.norm(pts3d[:, 62] - pts3d[:, 59], axis=-1)
 
 
 def choose_candidates(features: np.ndarray, usable: np.ndarray, count: int = 4) -> list[int]:

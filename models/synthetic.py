@@ -15,6 +15,7 @@ import torch
 import yaml
 from scipy.io import savemat
 
+from datasets.identity import STAGES, IdentityFiles
 from models.networks import (
     APC,
     APCConfig,
@@ -25,8 +26,9 @@ from models.networks import (
     Feature2FaceG,
     Feature2FaceGConfig,
 )
+from util.audio import SAMPLE_RATE
 from util.checkpoint import atomic_save, save_network
-from util.landmarks import NUM_POINTS, NUM_SHOULDER_POINTS
+from util.landmarks import NUM_CANDIDATES, NUM_POINTS, NUM_SHOULDER_POINTS
 
 FACE_DEPTH = 10.0  # camera-space distance of the synthetic face
 
@@ -59,6 +61,7 @@ def write_assets(root: Path, size: int, n_frames: int = 120, apc_frames: int = 6
     """Write every non-weight file of the release layout into `root` for a `size` x `size` crop."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
+    files = IdentityFiles(root)
     face = synthetic_face(rng)
     t = np.arange(n_frames)
     tracked = np.repeat(face[None], n_frames, 0)
@@ -68,32 +71,35 @@ def write_assets(root: Path, size: int, n_frames: int = 120, apc_frames: int = 6
     trans = np.stack([0.1 * np.sin(t / 31), 0.1 * np.cos(t / 37), FACE_DEPTH + 0.2 * np.sin(t / 41)], 1)
     f = size * FACE_DEPTH / 5.0  # the face spans about 40% of the crop
     intrinsic = np.array([[f, 0, size / 2], [0, f, size / 2 - 0.1 * size], [0, 0, 1]], np.float32)
-    np.save(root / "mean_pts3d.npy", tracked.mean(0).astype(np.float32))
-    np.save(root / "tracked3D_normalized_pts_fix_contour.npy", tracked.astype(np.float32))
-    np.savez(root / "3d_fit_data.npz", trans=trans[:, :, None], rot_angles=rot, pts_3d=tracked)
-    np.save(root / "camera_intrinsic.npy", intrinsic)
-    savemat(root / "id_scale.mat", {"scale": np.array([[1.0]])})
+    np.save(files.mean_pts3d, tracked.mean(0).astype(np.float32))
+    np.save(files.tracked_pts3d, tracked.astype(np.float32))
+    np.savez(files.fit_data, trans=trans[:, :, None], rot_angles=rot, pts_3d=tracked)
+    np.save(files.camera, intrinsic)
+    savemat(files.id_scale, {"scale": np.array([[1.0]])})
     xs = np.linspace(0.15, 0.45, 9) * size
     line = np.stack([xs, 0.8 * size + 0.3 * (0.45 * size - xs)], 1)
     both = np.concatenate([line[::-1] * [1, 1], np.stack([size - line[:, 0], line[:, 1]], 1)])  # (18, 2)
     centre = [size / 2, size / 2 - 0.1 * size]
     shoulders = np.concatenate([(both - centre) * FACE_DEPTH / f, np.full((18, 1), FACE_DEPTH)], 1)
-    np.save(root / "shoulder_points3D.npy", np.repeat(shoulders[None], n_frames, 0).astype(np.float32))
-    np.save(root / "normalized_shoulder_points.npy", np.repeat(both[None], n_frames, 0).astype(np.float32))
-    np.savez(root / "change_paras.npz", scale=np.float64(1.0), xc=np.float64(size / 2), yc=np.float64(size / 2))
-    np.save(root / "APC_feature_base.npy", rng.normal(0, 0.1, (apc_frames, 512)).astype(np.float32))
-    (root / "candidates").mkdir(exist_ok=True)
-    for j in range(4):
+    np.save(files.shoulders3d, np.repeat(shoulders[None], n_frames, 0).astype(np.float32))
+    np.save(files.shoulders2d, np.repeat(both[None], n_frames, 0).astype(np.float32))
+    np.savez(files.change_paras, scale=np.float64(1.0), xc=np.float64(size / 2), yc=np.float64(size / 2))
+    np.save(files.apc_base, rng.normal(0, 0.1, (apc_frames, 512)).astype(np.float32))
+    files.candidates.mkdir(exist_ok=True)
+    for j in range(NUM_CANDIDATES):
         img = np.full((size, size, 3), 90 + 30 * j, np.uint8)
         cv2.circle(img, (size // 2, size // 2 - size // 10), size // 5, (200, 160, 140), -1)
-        cv2.imwrite(str(root / "candidates" / f"normalized_full_{j}.jpg"), img)
+        cv2.imwrite(str(files.candidate(j)), img)
     assert shoulders.shape == (NUM_SHOULDER_POINTS, 3)
 
 
 def make_identity(project_root: Path, identity: str, size: int = 64, g_size: str = "normal", ngf: int = 8,
                   num_downs: int = 5, release_format: bool = False, n_frames: int = 120, apc_frames: int = 600,
-                  seed: int = 0) -> Path:
+                  seed: int = 0, a2h: Audio2HeadposeConfig | None = None) -> Path:
     """Write data/<identity>/ and config/<identity>.yaml under `project_root` with random weights.
+
+    The audio networks have the release's sizes, except the head-pose WaveNet when `a2h` says otherwise
+    (tests that run the original full-window WaveNet as a reference use a narrow one).
 
     Returns:
         The config folder to pass as `config_dir`.
@@ -104,7 +110,7 @@ def make_identity(project_root: Path, identity: str, size: int = 64, g_size: str
     ckpt = data / "checkpoints"
     gcfg = Feature2FaceGConfig(size=g_size, ngf=ngf, num_downs=num_downs)
     nets = {"APC": APC(APCConfig()), "Audio2Feature": Audio2FeatureNet(Audio2FeatureConfig()),
-            "Audio2Headpose": Audio2HeadposeNet(Audio2HeadposeConfig()), "Feature2Face": Feature2FaceG(gcfg)}
+            "Audio2Headpose": Audio2HeadposeNet(a2h or Audio2HeadposeConfig()), "Feature2Face": Feature2FaceG(gcfg)}
     if release_format:
         paths = {"APC": project_root / "data" / "APC_epoch_160.model", "Audio2Feature": ckpt / "Audio2Feature.pkl",
                  "Audio2Headpose": ckpt / "Audio2Headpose.pkl", "Feature2Face": ckpt / "Feature2Face.pkl"}
@@ -117,11 +123,10 @@ def make_identity(project_root: Path, identity: str, size: int = 64, g_size: str
         lookahead = {"Audio2Feature": 18, "Audio2Headpose": 15}
         for name, net in nets.items():
             save_network(paths[name], net, name, net.cfg, {"fps": 60, "frame_future": lookahead.get(name, 0)})
-    rel = {k: f"./{p.relative_to(project_root).as_posix()}" for k, p in paths.items()}
-    cfg = {"model_params": {"APC": {"ckp_path": rel["APC"]}, "Audio2Mouth": {"ckp_path": rel["Audio2Feature"]},
-                            "Headpose": {"ckp_path": rel["Audio2Headpose"]},
-                            "Image2Image": {"ckp_path": rel["Feature2Face"], "size": g_size, "ngf": ngf,
-                                            "num_downs": num_downs}}}
+    sections = {s.network: s.section for s in STAGES.values()}
+    cfg = {"model_params": {sections[k]: {"ckp_path": f"./{p.relative_to(project_root).as_posix()}"}
+                            for k, p in paths.items()}}
+    cfg["model_params"]["Image2Image"].update(size=g_size, ngf=ngf, num_downs=num_downs)
     config_dir = project_root / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / f"{identity}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -132,14 +137,15 @@ def write_training_clips(root: Path, size: int = 64, seconds: tuple[float, ...] 
                          src_fps: float = 25.0, seed: int = 0) -> None:
     """Clips in the layout preprocess.py writes (first clip train, the others val), with a learnable link
     between APC features and mouth/pose, so training tests can overfit; needs `write_assets` first."""
+    from datasets.preprocessing.tracks import resample
     from util.geometry import project, project_landmarks
     from util.landmarks import feature_map
-    from util.tracks import resample
 
     rng = np.random.default_rng(seed)
-    base = np.load(root / "mean_pts3d.npy").astype(np.float64)
-    k = np.load(root / "camera_intrinsic.npy").astype(np.float64)
-    sh3d = np.load(root / "shoulder_points3D.npy")[0].astype(np.float64)
+    files = IdentityFiles(root)
+    base = np.load(files.mean_pts3d).astype(np.float64)
+    k = np.load(files.camera).astype(np.float64)
+    sh3d = np.load(files.shoulders3d)[0].astype(np.float64)
     mix = rng.normal(0, 1, (3, 1024))  # APC pair = latent (opening, yaw, noise) x mix + noise
     names = []
     for c, sec in enumerate(seconds):
@@ -154,13 +160,13 @@ def write_training_clips(root: Path, size: int = 64, seconds: tuple[float, ...] 
         trans = np.stack([0.05 * np.sin(t), 0 * t, FACE_DEPTH + 0 * t], 1)
         pts2d = project_landmarks(pts3d, rot, trans, 1.0, k)
         sh2d = np.repeat(project(sh3d, k)[None], n_src, 0)
-        folder = root / "clips" / f"clip_{c:03d}"
-        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        clip = files.clip(f"clip_{c:03d}")
+        clip.frames.mkdir(parents=True, exist_ok=True)
         for j in range(n_src):
             img = np.full((size, size, 3), 60, np.uint8)
             img[feature_map(pts2d[j], sh2d[j], size) > 0] = (220, 180, 160)
-            cv2.imwrite(str(folder / "frames" / f"{j:06d}.jpg"), img)
-        np.savez(folder / "tracks.npz", fps=np.float64(src_fps), pts2d=pts2d, pts3d=pts3d, rot=rot, trans=trans,
+            cv2.imwrite(str(clip.frame(j)), img)
+        np.savez(clip.tracks, fps=np.float64(src_fps), pts2d=pts2d, pts3d=pts3d, rot=rot, trans=trans,
                  shoulders2d=sh2d, shoulders3d=np.repeat(sh3d[None], n_src, 0), valid=np.ones(n_src, bool),
                  blendshapes=np.zeros((n_src, 52), np.float32), intrinsic=k,
                  change_paras=np.array([1.0, size / 2, size / 2]))
@@ -168,14 +174,14 @@ def write_training_clips(root: Path, size: int = 64, seconds: tuple[float, ...] 
                  {"pts3d": pts3d, "trans": trans, "pts2d": pts2d, "shoulders2d": sh2d}.items()}
         model["rot"] = resample(rot, src_fps, fps, periodic_deg=True)
         model["shoulders3d"] = np.repeat(sh3d[None], len(model["rot"]), 0)
-        np.savez(folder / f"tracks_{fps:g}fps.npz", fps=np.float64(fps), **model)
+        np.savez(clip.model_tracks(fps), fps=np.float64(fps), **model)
         n = len(model["rot"])
         latent = np.stack([resample(opening, src_fps, fps), resample(yaw, src_fps, fps) / 4, rng.normal(0, 1, n)], 1)
         pairs = latent @ mix + rng.normal(0, 0.1, (n, 1024))
-        np.save(folder / "apc_features.npy", (0.1 * pairs).reshape(2 * n, 512).astype(np.float32))
+        np.save(clip.apc_features, (0.1 * pairs).reshape(2 * n, 512).astype(np.float32))
         import soundfile as sf
 
-        sf.write(folder / "audio.wav", rng.normal(0, 0.05, int(sec * 16000)).astype(np.float32), 16000)
-        names.append(folder.name)
-    (root / "train_list.txt").write_text(names[0] + "\n")
-    (root / "val_list.txt").write_text("".join(f"{n}\n" for n in names[1:]))
+        sf.write(clip.audio, rng.normal(0, 0.05, int(sec * SAMPLE_RATE)).astype(np.float32), SAMPLE_RATE)
+        names.append(clip.root.name)
+    files.write_split("train", names[:1])
+    files.write_split("val", names[1:])

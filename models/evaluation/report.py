@@ -11,6 +11,9 @@ import dominate
 import numpy as np
 from dominate.tags import h1, h2, img, li, p, pre, source, table, td, th, tr, ul, video
 
+from datasets.identity import ClipFiles
+from util.audio import SAMPLE_RATE, load_audio
+from util.io import write_text
 from util.video import VideoReader, VideoWriter
 
 
@@ -48,16 +51,14 @@ def _plots(out_dir: Path, series: dict, pred, real: dict, fps: float) -> list[st
     return names
 
 
-def side_by_side(out_dir: Path, clip: Path, src_fps: float, rendered: Path, audio_path: Path, fps: float) -> Path:
+def side_by_side(out_dir: Path, clip: ClipFiles, src_fps: float, rendered: Path, audio_path: Path, fps: float) -> Path:
     """real (held-out frames) | ours (rendered from the audio) | feature map, at the model rate, with audio."""
-    from util.audio import load_audio
-
-    frames = sorted((clip / "frames").glob("*.jpg"))
+    frames = sorted(clip.frames.glob("*.jpg"))
     maps = rendered.with_name(rendered.stem + "_feature_maps.mp4")
     ours, fmaps = VideoReader(rendered), (VideoReader(maps) if maps.is_file() else None)
     path = out_dir / "side_by_side.mp4"
     size = (ours.height, ours.width * (3 if fmaps else 2))
-    with VideoWriter(path, fps, size, load_audio(audio_path), 16000) as writer:
+    with VideoWriter(path, fps, size, load_audio(audio_path), SAMPLE_RATE) as writer:
         fmap_iter = iter(fmaps) if fmaps else None
         for k, frame in enumerate(ours):
             j = min(int(k / fps * src_fps), len(frames) - 1)
@@ -87,7 +88,7 @@ def _fmt(v: object) -> str:
 
 
 def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred, real: dict, src: dict,  # noqa: ANN001
-                 clip: Path, rendered: Path, driving: dict, fps: float) -> Path:
+                 clip: ClipFiles, rendered: Path, driving: dict, fps: float) -> Path:
     """Write the plots, the side-by-side video, sample frames and report.html; returns the page."""
     plots = _plots(out_dir, series, pred, real, fps)
     sbs = side_by_side(out_dir, clip, float(src["fps"]), rendered, driving["heldout"], fps)
@@ -143,7 +144,7 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
         h2("Training")
         pre(_fmt_training(r["training"]))
     path = out_dir / "report.html"
-    path.write_text(doc.render())
+    write_text(path, doc.render())
     return path
 
 

@@ -41,11 +41,6 @@ def mouth_lmd(pred: np.ndarray, real: np.ndarray, px_per_unit: float) -> float:
     return float(np.linalg.norm(pred[:, MOUTH] - real[:, MOUTH], axis=-1).mean() * px_per_unit)
 
 
-def mouth_opening(pts: np.ndarray) -> np.ndarray:
-    """Inner-lip opening (upper mid 62 to lower mid 59) per frame of (N, 73, D) landmarks."""
-    return np.linalg.norm(pts[:, 62] - pts[:, 59], axis=-1)
-
-
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two series (nan when either is constant)."""
     n = min(len(a), len(b))

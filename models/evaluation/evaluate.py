@@ -13,24 +13,31 @@ LPIPS unless their weight files are given.
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from models.pipeline import PortraitPipeline
-from util import metrics as M
-from util.audio import load_audio
+from datasets.identity import STAGES, ClipFiles, IdentityFiles, config_path
+from datasets.preprocessing.tracker import track_frames
+from datasets.preprocessing.tracks import filled_geometry, resample
+from models.evaluation import metrics as M
+from models.runtime import PortraitPipeline
+from util.audio import SAMPLE_RATE, load_audio
+from util.checkpoint import load_file, split_network_path, state_path
 from util.errors import InputError
-from util.face_tracker import FaceTracker, ensure_landmarker
-from util.tracks import fill_gaps, lsp_geometry, resample
+from util.io import atomic_write, load_npz, write_json
+from util.landmarks import face_width, mouth_opening
 from util.video import VideoReader
 
 log = logging.getLogger("lsp")
+EVAL_BATCH = 4  # frames per renderer call in the evaluation's demos
 SKIPPED = {
     "LSE-C / LSE-D (SyncNet)": "needs the SyncNet weights, which cannot be downloaded here (give them with "
                                "quickstart.py --syncnet_ckpt syncnet_v2.model)",
@@ -40,13 +47,8 @@ SKIPPED = {
 }
 
 
-def face_width(pts: np.ndarray) -> np.ndarray:
-    """Contour width (point 0 to 14) per frame of (N, 73, D) landmarks."""
-    return np.linalg.norm(pts[:, 14] - pts[:, 0], axis=-1)
-
-
-def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: int = 4,
-                      lpips=None) -> tuple[dict, list]:  # noqa: ANN001 - a util.lpips.LPIPS
+def renderer_fidelity(pipe: PortraitPipeline, clip: ClipFiles, tracks: dict, batch: int = 4,
+                      lpips=None) -> tuple[dict, list]:  # noqa: ANN001 - an evaluation.lpips.LPIPS
     """PSNR / SSIM (and LPIPS when given) of frames rendered from the tracked landmarks against the real crops."""
     idx = np.flatnonzero(tracks["valid"])
     scores, samples, times = [], [], []
@@ -57,7 +59,7 @@ def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: i
         fakes = pipe.renderer(maps)
         times.append((time.perf_counter() - t) / len(sel))
         for j, fake, fmap in zip(sel, fakes, maps):
-            real = cv2.cvtColor(cv2.imread(str(clip / "frames" / f"{j:06d}.jpg")), cv2.COLOR_BGR2RGB)
+            real = cv2.cvtColor(cv2.imread(str(clip.frame(j))), cv2.COLOR_BGR2RGB)
             scores.append((M.psnr(fake, real), M.ssim(fake, real),
                            lpips.distance(fake, real) if lpips is not None else np.nan))
             if len(samples) < 4 and j % max(1, len(idx) // 4) == 0:
@@ -70,13 +72,13 @@ def renderer_fidelity(pipe: PortraitPipeline, clip: Path, tracks: dict, batch: i
     return out, samples
 
 
-def lip_sync_scores(ckpt: Path, clip: Path, src: dict, audio: np.ndarray, rendered: Path, other: np.ndarray,
+def lip_sync_scores(ckpt: Path, clip: ClipFiles, src: dict, audio: np.ndarray, rendered: Path, other: np.ndarray,
                     driving: dict[str, Path], out_dir: Path, device: torch.device) -> dict:
     """LSE-D / LSE-C of the real held-out frames, our held-out video and our other-speaker video."""
-    from util.syncnet import SyncNet, score_frames, score_video
+    from models.evaluation.syncnet import SyncNet, score_frames, score_video
 
     net = SyncNet.from_file(ckpt).to(device)
-    real = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in sorted((clip / "frames").glob("*.jpg"))]
+    real = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in sorted(clip.frames.glob("*.jpg"))]
     stem = driving["other_speaker"].stem
     return {"real_heldout": score_frames(net, real, float(src["fps"]), audio),
             "ours_heldout": score_video(net, rendered, audio),
@@ -86,18 +88,10 @@ def lip_sync_scores(ckpt: Path, clip: Path, src: dict, audio: np.ndarray, render
 def track_video(path: Path) -> tuple[np.ndarray, float]:
     """Pose-free landmarks (N, 73, 3) of a rendered video, tracked with the preprocessing tracker."""
     reader = VideoReader(path)
-    lms, mats, valid = [], [], []
-    with FaceTracker(ensure_landmarker(), reader.fps) as tracker:
-        for rgb in reader:
-            obs = tracker.track(rgb)
-            valid.append(obs is not None)
-            lms.append(obs.landmarks if obs else np.zeros((478, 3), np.float32))
-            mats.append(obs.matrix if obs else np.eye(4))
-    valid = np.array(valid)
-    if not valid.any():
+    track = track_frames(reader, reader.fps, total=reader.num_frames, desc=f"track {path.name}")
+    if not track.valid.any():
         return np.zeros((0, 73, 3)), reader.fps
-    geo = lsp_geometry(np.stack(lms), np.stack(mats), reader.width, reader.height)
-    return fill_gaps(geo.pts3d, valid), reader.fps
+    return filled_geometry(track.landmarks, track.matrices, track.valid, reader.width, reader.height).pts3d, reader.fps
 
 
 def mouth_scores(pred: np.ndarray, real: np.ndarray, px_per_unit: float) -> dict:
@@ -106,49 +100,53 @@ def mouth_scores(pred: np.ndarray, real: np.ndarray, px_per_unit: float) -> dict
     pred = pred[:n] * (face_width(real).mean() / face_width(pred[:n]).mean())
     pred = pred - pred[:, M.MOUTH].mean((0, 1)) + real[:n, M.MOUTH].mean((0, 1))  # same mouth position
     return {"m_lmd_px": M.mouth_lmd(pred, real[:n], px_per_unit),
-            "opening_correlation": M.correlation(M.mouth_opening(pred), M.mouth_opening(real[:n])), "frames": n}
+            "opening_correlation": M.correlation(mouth_opening(pred), mouth_opening(real[:n])), "frames": n}
 
 
-def audio_envelope(audio: np.ndarray, fps: float, n: int, sample_rate: int = 16000) -> np.ndarray:
+def audio_envelope(audio: np.ndarray, fps: float, n: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """RMS loudness per video frame (n,)."""
     hop = sample_rate / fps
     return np.array([np.sqrt(np.mean(audio[int(i * hop) : int((i + 1) * hop)] ** 2) + 1e-12) for i in range(n)])
 
 
-def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: dict[str, Path], device: str,
-                      timings: dict, speech_dir: Path | None = None,
-                      lpips_files: tuple[Path, Path] | None = None, syncnet_ckpt: Path | None = None) -> Path:
-    """Evaluate data/<identity> with its trained networks; writes metrics.json and report.html in out_dir.
+@dataclass(frozen=True)
+class MetricWeights:
+    """Weight files of the optional metrics (each None when not given)."""
 
-    `lpips_files` (AlexNet, LPIPS heads) adds LPIPS to the renderer's scores (util/lpips.py);
-    `syncnet_ckpt` adds LSE-D / LSE-C of the real and the rendered videos (util/syncnet.py)."""
-    from util.report import write_report
+    lpips_alexnet: Path | None = None
+    lpips_lin: Path | None = None
+    syncnet_ckpt: Path | None = None
 
-    pipe = PortraitPipeline.from_identity(identity, device, config_dir)
-    root = pipe.assets.root
-    meta = json.loads((root / "meta.json").read_text())
-    val = next(c["name"] for c in meta["clips"] if c["split"] == "val")
-    clip = root / "clips" / val
-    with np.load(clip / "tracks.npz") as d:
-        src = {k: d[k] for k in d.files}
-    with np.load(clip / f"tracks_{pipe.fps:g}fps.npz") as d:
-        real = {k: d[k] for k in d.files}
+
+def evaluate_identity(pipe: PortraitPipeline, identity: str, out_dir: Path, driving: dict[str, Path],
+                      timings: dict, speech_dir: Path | None = None, weights: MetricWeights = MetricWeights()) -> Path:
+    """Evaluate an identity's pipeline on its held-out clip (the demos of `driving` already written into
+    out_dir); writes metrics.json and report.html in out_dir and returns the report.
+
+    The LPIPS weights add LPIPS to the renderer's scores (lpips.py); the SyncNet weights add LSE-D / LSE-C
+    of the real and the rendered videos (syncnet.py)."""
+    from models.evaluation.report import write_report
+
+    files = IdentityFiles(pipe.assets.root)
+    val = files.clips("val")[0]
+    clip = files.clip(val)
+    src = load_npz(clip.tracks, "held-out clip tracks")
+    real = load_npz(clip.model_tracks(pipe.fps), "held-out clip tracks")
     px_per_unit = float((face_width(real["pts2d"]) / face_width(real["pts3d"])).mean()) \
         * M.CROP_REFERENCE / pipe.assets.image_size[0]
     results: dict = {"identity": identity, "heldout_clip": val, "heldout_seconds": len(src["rot"]) / float(src["fps"])}
     lpips = None
-    if lpips_files is not None:
-        from util.lpips import LPIPS
+    if weights.lpips_alexnet is not None:
+        from models.evaluation.lpips import LPIPS
 
-        lpips = LPIPS.from_files(*lpips_files).to(pipe.renderer.device)
+        lpips = LPIPS.from_files(weights.lpips_alexnet, weights.lpips_lin).to(pipe.renderer.device)
     fidelity, samples = renderer_fidelity(pipe, clip, src, lpips=lpips)
     results["renderer"] = fidelity
-    audio = load_audio(clip / "audio.wav")
-    speed = {}
+    audio = load_audio(clip.audio)
     t = time.perf_counter()
     pred = pipe.predict(audio, seed=0)
-    speed["audio_side_fps"] = pred.n_frames / (time.perf_counter() - t)
-    speed["render_fps"] = 1000 / fidelity["render_ms_per_frame"]
+    speed = {"audio_side_fps": pred.n_frames / (time.perf_counter() - t),
+             "render_fps": 1000 / fidelity["render_ms_per_frame"]}
     results["audio_to_mouth"] = mouth_scores(pred.face3d, real["pts3d"], px_per_unit)
     rendered = out_dir / driving["heldout"].stem / f"{driving['heldout'].stem}.mp4"
     tracked, _ = track_video(rendered)
@@ -156,40 +154,39 @@ def evaluate_identity(identity: str, config_dir: Path, out_dir: Path, driving: d
     results["head_pose"] = {"sampled": M.pose_statistics(pred.rotation, pred.translation, pipe.fps),
                             "real": M.pose_statistics(real["rot"], real["trans"], pipe.fps)}
     env = audio_envelope(audio, pipe.fps, pred.n_frames)
-    results["mouth_vs_loudness"] = {"predicted": M.correlation(M.mouth_opening(pred.face3d), env),
-                                    "real": M.correlation(M.mouth_opening(real["pts3d"]), env)}
+    results["mouth_vs_loudness"] = {"predicted": M.correlation(mouth_opening(pred.face3d), env),
+                                    "real": M.correlation(mouth_opening(real["pts3d"]), env)}
     other = load_audio(driving["other_speaker"])
     pred_other = pipe.predict(other, seed=0)
     results["other_speaker"] = {
-        "audio": str(driving["other_speaker"]), "seconds": len(other) / 16000,
+        "audio": str(driving["other_speaker"]), "seconds": len(other) / SAMPLE_RATE,
         "head_pose": M.pose_statistics(pred_other.rotation, pred_other.translation, pipe.fps),
-        "mouth_vs_loudness": M.correlation(M.mouth_opening(pred_other.face3d),
+        "mouth_vs_loudness": M.correlation(mouth_opening(pred_other.face3d),
                                            audio_envelope(other, pipe.fps, pred_other.n_frames))}
     results["speed"] = {**speed, **{k: round(v, 1) for k, v in timings.items()}}
-    if syncnet_ckpt is not None:
-        results["lip_sync"] = lip_sync_scores(syncnet_ckpt, clip, src, audio, rendered, other, driving, out_dir,
-                                              pipe.renderer.device)
-    done = {"LPIPS": lpips is not None, "LSE-C / LSE-D (SyncNet)": syncnet_ckpt is not None}
+    if weights.syncnet_ckpt is not None:
+        results["lip_sync"] = lip_sync_scores(weights.syncnet_ckpt, clip, src, audio, rendered, other, driving,
+                                              out_dir, pipe.renderer.device)
+    done = {"LPIPS": lpips is not None, "LSE-C / LSE-D (SyncNet)": weights.syncnet_ckpt is not None}
     results["skipped_metrics"] = {k: v for k, v in SKIPPED.items() if not done.get(k)}
     results["training"] = _training_summary(pipe.cfg, speech_dir)
-    series = {"real": M.mouth_opening(real["pts3d"]), "predicted": M.mouth_opening(pred.face3d),
-              "rendered, tracked": M.mouth_opening(tracked) if len(tracked) else None}
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    series = {"real": mouth_opening(real["pts3d"]), "predicted": mouth_opening(pred.face3d),
+              "rendered, tracked": mouth_opening(tracked) if len(tracked) else None}
+    write_json(out_dir / "metrics.json", results)
     return write_report(out_dir, results, samples, series, pred, real, src, clip, rendered, driving, pipe.fps)
 
 
 def _training_summary(cfg: dict, speech_dir: Path | None) -> dict:
-    """Iterations and sizes of the networks the config points at; how much speech APC saw."""
-    from util.identity import resolve
-
+    """Iterations of the networks the config points at (from their training state); how much speech APC saw."""
     out = {}
-    for section in ("APC", "Audio2Mouth", "Headpose", "Image2Image"):
-        path = resolve(cfg, cfg["model_params"][section]["ckp_path"])
-        state = path.with_name(path.name.split("_net_")[0] + "_state.pth")
-        info = {"checkpoint": str(path)}
-        if state.is_file():
-            info["iterations"] = int(torch.load(state, map_location="cpu", weights_only=False)["total_iters"])
-        out[section] = info
+    for stage in STAGES.values():
+        path = config_path(cfg, ("model_params", stage.section, "ckp_path"))
+        info: dict = {"checkpoint": str(path)}
+        parts = split_network_path(path)
+        state = state_path(path.parent, parts[0]) if parts else None
+        if state is not None and state.is_file():
+            info["iterations"] = int(load_file(state, "training state")["total_iters"])
+        out[stage.section] = info
     if speech_dir is not None and Path(speech_dir).is_dir():
         import soundfile as sf
 
@@ -203,7 +200,7 @@ def resample_to(values: np.ndarray, n: int) -> np.ndarray:
     return resample(values, len(values), n) if len(values) else values
 
 
-def add_metric_weight_flags(p) -> None:  # noqa: ANN001 - an argparse.ArgumentParser
+def add_metric_weight_flags(p: argparse.ArgumentParser) -> None:
     """--lpips_alexnet / --lpips_lin / --syncnet_ckpt: the optional metrics' weight files."""
     p.add_argument("--lpips_alexnet", type=Path, default=None,
                    help="torchvision's ImageNet AlexNet (alexnet-owt-7be5be79.pth): with --lpips_lin, adds LPIPS")
@@ -212,40 +209,38 @@ def add_metric_weight_flags(p) -> None:  # noqa: ANN001 - an argparse.ArgumentPa
                    help="SyncNet weights (syncnet_v2.model of syncnet_python): adds LSE-D / LSE-C to the report")
 
 
-def check_metric_weight_flags(p, args) -> None:  # noqa: ANN001
+def metric_weights(p: argparse.ArgumentParser, args: argparse.Namespace) -> MetricWeights:
+    """The weight flags of `add_metric_weight_flags`, checked (argparse error when they do not go together)."""
     if (args.lpips_alexnet is None) != (args.lpips_lin is None):
         p.error("--lpips_alexnet and --lpips_lin go together")
+    return MetricWeights(args.lpips_alexnet, args.lpips_lin, args.syncnet_ckpt)
 
 
 def demo_and_evaluate(identity: str, data_root: Path, config_dir: Path, results_dir: Path, other_audio: Path,
-                      device: str, timings: dict, args, speech_dir: Path | None = None) -> Path:  # noqa: ANN001
-    """Drive the identity with its held-out tail's speech and with `other_audio` (demo.py), then evaluate;
-    returns the report. `args` carries the metric weight flags."""
-    import demo
-
+                      device: str, timings: dict, weights: MetricWeights = MetricWeights(),
+                      speech_dir: Path | None = None) -> Path:
+    """Drive the identity with its held-out tail's speech and with `other_audio`, then evaluate;
+    returns the report (results_dir/<identity>/report.html)."""
+    files = IdentityFiles(data_root / identity)
+    if not files.root.is_dir():
+        raise InputError(f"identity folder not found: {files.root} (make it with scripts/preprocess.py)")
+    if not files.clips("val"):
+        raise InputError(f"{files.split_list('val')}: no held-out clip to evaluate on (made by scripts/preprocess.py)")
     out = results_dir / identity
-    out.mkdir(parents=True, exist_ok=True)
-    if not (data_root / identity).is_dir():
-        raise InputError(f"identity folder not found: {data_root / identity} (make it with scripts/preprocess.py)")
-    val_list = data_root / identity / "val_list.txt"
-    if not val_list.is_file() or not val_list.read_text().split():
-        raise InputError(f"{val_list}: no held-out clip to evaluate on (made by scripts/preprocess.py)")
-    val_clip = val_list.read_text().split()[0]
     tail = out / "heldout_tail.wav"  # the held-out tail's own speech, under a name the results can carry
-    tail.write_bytes((data_root / identity / "clips" / val_clip / "audio.wav").read_bytes())
+    with atomic_write(tail) as tmp:
+        shutil.copyfile(files.clip(files.clips("val")[0]).audio, tmp)
     driving = {"heldout": tail, "other_speaker": other_audio}
-    for label, audio in driving.items():
+    pipe = PortraitPipeline.from_identity(identity, device, config_dir)
+    for label, path in driving.items():
         t = time.perf_counter()
-        print(f"\n== demo: {label} audio", flush=True)
-        code = demo.cli(["--id", identity, "--driving_audio", str(audio), "--device", device, "--config_dir",
-                         str(config_dir), "--results_dir", str(results_dir), "--overwrite", "--batch_size", "4"])
-        if code != 0:
-            raise InputError(f"demo.py failed on {audio} (exit {code}); see the message above")
+        log.info("demo: %s audio %s", label, path)
+        audio = load_audio(path, pipe.sample_rate, what="--driving_audio")
+        pipe.check_audio(audio, str(path))
+        pipe.generate(audio, out / path.stem, path.stem, seed=0, batch_size=EVAL_BATCH)
         timings[f"demo_{label}_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    print("\n== evaluate", flush=True)
-    lpips = (args.lpips_alexnet, args.lpips_lin) if args.lpips_alexnet is not None else None
-    report = evaluate_identity(identity, config_dir, out, driving, device, timings, speech_dir, lpips,
-                               args.syncnet_ckpt)
+    log.info("evaluate")
+    report = evaluate_identity(pipe, identity, out, driving, timings, speech_dir, weights)
     timings["evaluate_s"] = time.perf_counter() - t
     return report

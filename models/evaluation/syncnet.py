@@ -23,8 +23,10 @@ from scipy.fft import dct
 from scipy.signal import medfilt
 from torch import nn
 
+from util.audio import SAMPLE_RATE
 from util.checkpoint import load_state_dict_file, load_strict
 from util.errors import InputError
+from util.video import VideoReader
 
 FPS = 25.0
 CROP = 224
@@ -99,7 +101,7 @@ def mel_filters(n_filters: int, n_fft: int, sample_rate: int) -> np.ndarray:
     return fb
 
 
-def mfcc(audio: np.ndarray, sample_rate: int = 16000, n_ceps: int = 13, n_filters: int = 26, n_fft: int = 512,
+def mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, n_ceps: int = 13, n_filters: int = 26, n_fft: int = 512,
          win: float = 0.025, step: float = 0.01, preemph: float = 0.97, lifter: int = 22) -> np.ndarray:
     """MFCCs (T, n_ceps) at 100 Hz with the conventions of python_speech_features: pre-emphasis,
     rectangular 25 ms frames (zero-padded at the end), power spectrum / n_fft, log mel energies, DCT-II
@@ -142,21 +144,17 @@ def face_crops(frames: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
 def face_boxes(frames: list[np.ndarray]) -> np.ndarray:
     """(T, 3) face boxes (centre x, centre y, half size) in pixels from the MediaPipe tracker; frames
     without a face are filled from their neighbours."""
-    from util.face_tracker import FaceTracker, ensure_landmarker
-    from util.tracks import fill_gaps
+    from datasets.preprocessing.tracker import track_frames
+    from datasets.preprocessing.tracks import fill_gaps
 
-    boxes, valid = np.zeros((len(frames), 3)), np.zeros(len(frames), bool)
-    with FaceTracker(ensure_landmarker(), FPS) as tracker:
-        for k, rgb in enumerate(frames):
-            obs = tracker.track(rgb)
-            if obs is not None:
-                pts = obs.landmarks[:, :2] * [rgb.shape[1], rgb.shape[0]]
-                lo, hi = pts.min(0), pts.max(0)
-                boxes[k] = [*(lo + hi) / 2, (hi - lo).max() / 2]
-                valid[k] = True
-    if not valid.any():
+    track = track_frames(frames, FPS, total=len(frames), desc="face boxes")
+    if not track.valid.any():
         raise InputError("lip-sync score: no face found in the video")
-    return fill_gaps(boxes, valid)
+    h, w = frames[0].shape[:2]
+    pts = np.nan_to_num(track.landmarks[..., :2]) * [w, h]  # (T, 478, 2) pixels
+    lo, hi = pts.min(1), pts.max(1)
+    boxes = np.concatenate([(lo + hi) / 2, (hi - lo).max(1, keepdims=True) / 2], 1)
+    return fill_gaps(boxes, track.valid)
 
 
 @torch.no_grad()
@@ -164,7 +162,7 @@ def lse(net: SyncNet, crops: np.ndarray, audio: np.ndarray, batch: int = 20) -> 
     """LSE-D, LSE-C and the AV offset of (T, 224, 224, 3) BGR crops at 25 fps and their 16 kHz audio."""
     device = next(net.parameters()).device
     cc = mfcc(np.asarray(audio, np.float64) * 32768.0)  # the syncnet tools read 16-bit samples unscaled
-    n = min(len(crops), len(audio) * int(FPS) // 16000) - WINDOW  # windows, as the syncnet tools count them
+    n = min(len(crops), len(audio) * int(FPS) // SAMPLE_RATE) - WINDOW  # windows, as the syncnet tools count them
     if n < 2 * VSHIFT + 1:
         raise InputError(f"lip-sync score: {len(crops) / FPS:.1f} s of video is too short; need at least "
                          f"{(2 * VSHIFT + 1 + WINDOW) / FPS:.1f} s")
@@ -197,7 +195,5 @@ def score_frames(net: SyncNet, frames: list[np.ndarray], fps: float, audio: np.n
 
 def score_video(net: SyncNet, video: Path, audio: np.ndarray) -> dict[str, float]:
     """LSE-D / LSE-C of a talking-head video file against `audio`."""
-    from util.video import VideoReader
-
     reader = VideoReader(video)
     return score_frames(net, list(reader), reader.fps, audio)

@@ -1,0 +1,68 @@
+"""argparse `type=` functions: a bad value becomes argparse's one-line error naming the flag.
+
+Every float type refuses NaN and infinity, which Python's float() accepts ("nan", "inf") and which
+would otherwise flow silently into poses, learning rates and timers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_SEED = 2**32 - 1  # every generator the project seeds (Python, NumPy, torch) accepts 0 .. 2**32 - 1
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        kind_name = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {kind_name}, got '{text}'") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite float."""
+    return float(_number(text, float))
+
+
+def non_negative_float(text: str) -> float:
+    """A finite float >= 0."""
+    value = float(_number(text, float))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    value = float(_number(text, float))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed in 0 .. 2**32 - 1."""
+    value = int(_number(text, int))
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_SEED}, got {text}")
+    return value
