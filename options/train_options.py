@@ -54,8 +54,9 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--beta2", type=non_negative_float, default=0.999, help="Adam beta2")
         parser.add_argument("--lr_policy", type=str, default="linear", choices=LR_POLICIES,
                             help="learning rate schedule: linear (constant for n_epochs, then to 0 over "
-                                 "n_epochs_decay), step (x lr_gamma every lr_decay_iters epochs), plateau (x0.2 when the validation metric "
-                                 "stalls for 5 validations), cosine (to 0 over n_epochs + n_epochs_decay)")
+                                 "n_epochs_decay), step (x lr_gamma every lr_decay_iters epochs), plateau (x0.2 "
+                                 "when the validation metric stalls for 5 validations), cosine (to 0 over n_epochs + "
+                                 "n_epochs_decay)")
         parser.add_argument("--lr_decay_iters", type=positive_int, default=50,
                             help="step policy: multiply by --lr_gamma every lr_decay_iters epochs")
         parser.add_argument("--lr_gamma", type=positive_float, default=0.1, help="step policy: decay factor")

@@ -64,3 +64,15 @@ def landmarker() -> Path:
         return ensure_landmarker()
     except MissingFileError as err:
         pytest.skip(str(err))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available (never in CI)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

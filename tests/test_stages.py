@@ -89,3 +89,50 @@ def test_recorder_round_trip_and_abort(tmp_path):
         rec.add(x=np.zeros((3, 4)))
     rec.abort()
     assert [p.name for p in tmp_path.iterdir()] == ["out.npz"]
+
+
+def test_offline_audio_side_works_ahead_of_the_renderer(tmp_path):
+    """With overlap, the audio side computes the next chunk while the renderer draws the current one, so a
+    fast renderer never waits for a whole chunk of audio-side work (the stall a GPU run showed)."""
+    from types import SimpleNamespace
+
+    from models.runtime.offline import write_offline
+    from models.runtime.streams import FrameBatch
+
+    chunk, n_chunks, size = 30, 3, (16, 16)
+    started = [threading.Event() for _ in range(n_chunks)]
+
+    def batches():
+        for c in range(n_chunks):
+            started[c].set()  # the audio side begins chunk c
+            m = chunk
+            yield FrameBatch(c * m, np.zeros((m, 73, 3)), np.zeros((m, 3)), np.zeros((m, 3)), np.zeros((m, 73, 2)),
+                             np.zeros((m, 18, 2)), np.zeros((m, 0)))
+
+    rendered = []
+
+    def render(maps):
+        if not rendered:  # the first frame of chunk 0: the next chunk must already be under way
+            assert started[1].wait(timeout=10), "the audio side did not work ahead of the renderer"
+        rendered.append(len(maps))
+        return np.zeros((len(maps), *size, 3), np.uint8)
+
+    pipe = SimpleNamespace(renderer=_Renderer(render, size), fps=30.0, sample_rate=16000,
+                           settings=SimpleNamespace(save_feature_maps=False), assets=SimpleNamespace(image_size=size))
+    audio = np.zeros(int(chunk * n_chunks / 30.0 * 16000), np.float32)
+    paths = write_offline(pipe, SimpleNamespace(kept_features=[]), batches(), audio, chunk * n_chunks, tmp_path, "x",
+                          batch_size=1, save_intermediates=False, overlap=True, chunk_frames=chunk)
+    assert sum(rendered) == chunk * n_chunks and paths["video"].is_file()
+
+
+class _Renderer:
+    """A renderer stand-in: blank feature maps, frames from `fn`."""
+
+    def __init__(self, fn, size):
+        self.fn, self.size = fn, size
+
+    def feature_maps(self, face2d, shoulders2d):
+        return np.zeros((len(face2d), *self.size), np.uint8)
+
+    def __call__(self, maps):
+        return self.fn(maps)

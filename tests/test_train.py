@@ -59,8 +59,8 @@ def test_resume_equals_uninterrupted(identity, tmp_path, model):
     assert wa.keys() == wb.keys() and len(wa) > 0
     worst = max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
     assert worst < 1e-5, worst
-    state = torch.load(b / "ckpt" / model / "latest_state.pth", weights_only=False)
-    straight = torch.load(a / "ckpt" / model / "latest_state.pth", weights_only=False)
+    state = torch.load(b / "ckpt" / model / "latest_state.pth", weights_only=True)
+    straight = torch.load(a / "ckpt" / model / "latest_state.pth", weights_only=True)
     assert state["total_iters"] == straight["total_iters"]
 
 
@@ -79,14 +79,30 @@ def test_training_writes_logs_pages_and_test_metrics(identity, tmp_path):
     assert {p.name for p in run.glob("*.pth")} >= {"latest_net_Audio2Feature.pth", "latest_state.pth",
                                                    "best_net_Audio2Feature.pth", "1_net_Audio2Feature.pth"}
     assert (run / "train_opt.txt").is_file() and json.loads((run / "opt.json").read_text())["model"] == "audio2feature"
+    trained_with = (run / "opt.json").read_text()
     cfg = (tmp_path / "config" / f"{identity.name}.yaml").read_text()  # the demo now finds the trained network
     assert str(run / "best_net_Audio2Feature.pth") in cfg
     opt = TestOptions().parse(["--model", "audio2feature", "--dataroot", str(identity), "--checkpoints_dir",
-                               str(tmp_path / "ckpt"), "--name", "audio2feature",
+                               str(tmp_path / "ckpt"), "--name", "audio2feature", "--num_test", "3",
                                "--results_dir", str(tmp_path / "res"), *STAGE_ARGS["audio2feature"]])
     report = test_script.main(opt)
-    assert report["batches"] > 0 and np.isfinite(report["mouth_lmd"])
+    assert report["samples"] == 3 and report["batches"] == 3 and np.isfinite(report["mouth_lmd"])  # batch size 1
     assert (tmp_path / "res" / "audio2feature" / "val_latest" / "index.html").is_file()
+    assert (run / "opt.json").read_text() == trained_with  # testing kept the training run's options
+    assert json.loads((run / "test_opt.json").read_text())["num_test"] == 3
+
+
+def test_save_by_iter_and_update_html_freq(identity, tmp_path):
+    args = train_args(identity, tmp_path, "audio2feature", "--n_epochs", "1", "--n_epochs_decay", "0",
+                      "--max_iters", "4", "--save_latest_freq", "2", "--save_by_iter", "--display_freq", "1",
+                      "--update_html_freq", "1000")
+    assert train.cli(args) == 0
+    run = tmp_path / "ckpt" / "audio2feature"
+    assert {"iter_2_net_Audio2Feature.pth", "iter_4_net_Audio2Feature.pth", "iter_4_state.pth"} <= {
+        p.name for p in run.iterdir()}
+    assert not (run / "web" / "index.html").exists()  # 4 iterations never reach the page's update frequency
+    assert train.cli([*args[:-2], "--update_html_freq", "3", "--name", "html"]) == 0
+    assert (tmp_path / "ckpt" / "html" / "web" / "index.html").is_file()
 
 
 def test_headpose_config_points_at_the_last_model(identity, tmp_path):
@@ -181,3 +197,18 @@ def test_ddp_two_gloo_processes_agree(identity, tmp_path):
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     saved = torch.load(tmp_path / "ckpt" / "audio2feature" / "latest_net_Audio2Feature.pth", weights_only=True)
     assert all(torch.equal(saved["state_dict"][k], w0[k]) for k in w0)
+
+
+def test_html_page_lists_epochs_past_999(tmp_path):
+    import argparse
+
+    from util.visualizer import Visualizer
+
+    opt = argparse.Namespace(checkpoints_dir=tmp_path, name="v", no_tensorboard=True, display_id=0, no_html=False)
+    vis = Visualizer(opt)
+    for epoch in (999, 1000, 1001):
+        vis.display_current_results({"fake": torch.zeros(1, 3, 8, 8)}, epoch, epoch)
+    vis.display_current_results({"fake": torch.zeros(1, 3, 8, 8)}, 1002, 1002, save_html=False)
+    page = (tmp_path / "v" / "web" / "index.html").read_text()
+    assert all(f"epoch [{e}]" in page for e in (999, 1000, 1001))
+    assert "epoch [100]" not in page and "epoch [1002]" not in page
