@@ -117,21 +117,19 @@ def record_mic(sample_rate: int, seconds: float) -> Iterator[np.ndarray]:
 def cli(args: list[str] | None = None) -> int:
     """Parse the command line, run, and turn bad input into a one-line error (exit status 2)."""
     from options.demo_options import DemoOptions
-    from util.errors import InputError
+    from util.errors import run_cli
     from util.log import get_logger
 
     logger = get_logger()
     options = DemoOptions()
     opt = options.parse(args)
     logger.setLevel(10 if opt.verbose else 20)
-    try:
-        paths = main(opt, options.parser)
-    except InputError as err:
-        print(f"demo.py: error: {err}", file=sys.stderr)
-        return 2
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
+
+    def work() -> None:
+        for kind, path in main(opt, options.parser).items():
+            print(f"{kind}: {path}")
+
+    return run_cli("demo.py", work)
 
 
 if __name__ == "__main__":

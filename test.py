@@ -68,21 +68,16 @@ def main(opt: argparse.Namespace) -> dict:
 
 
 def cli(args: list[str] | None = None) -> int:
+    """Parse, test, print the metrics; bad input is one line and exit 2 (util.errors.run_cli)."""
     from options.test_options import TestOptions
-    from util.errors import InputError
+    from util.errors import run_cli
     from util.log import get_logger
 
     get_logger()
     opt = TestOptions().parse(args)
     if opt.dry_run:
         return 0
-    try:
-        report = main(opt)
-    except InputError as err:
-        print(f"test.py: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2))
-    return 0
+    return run_cli("test.py", lambda: print(json.dumps(main(opt), indent=2)))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from util.errors import InputError
 log = logging.getLogger("lsp")
 
 
+EXIT_TRAINING_FAILED = 3
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a loss became NaN); the message names the iteration and checkpoint."""
 
@@ -203,22 +206,20 @@ def _validate(model, val_set, opt: argparse.Namespace, epoch: int, total_iters: 
 
 
 def cli(args: list[str] | None = None) -> int:
+    """Parse, train; bad input is one line and exit 2, a failed training exit 3 (util.errors.run_cli)."""
     from options.train_options import TrainOptions
+    from util.errors import run_cli
     from util.log import get_logger
 
     get_logger()
     opt = TrainOptions().parse(args)
     if opt.dry_run:
         return 0
-    try:
+
+    def work() -> None:
         main(opt)
-    except InputError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
-    except TrainingError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 3
-    return 0
+
+    return run_cli("train.py", work, {TrainingError: EXIT_TRAINING_FAILED})
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from datasets.audiovisual_dataset import WindowSpec, identity_apc_dim
-from models.base_model import BaseModel
+from datasets.audiovisual_dataset import WindowSpec
+from models.base_audio_model import BaseAudioModel
 from models.networks import Audio2FeatureConfig, Audio2FeatureNet
 from util.argtypes import non_negative_int, positive_int
 from util.landmarks import MOUTH
@@ -22,40 +22,28 @@ L2_SCALE = 1000.0  # LSP §4.1: MSE x 1000
 UPPER_MID, LOWER_MID = MOUTH.index(62), MOUTH.index(59)  # inner-lip mid points, for the opening visual
 
 
-class Audio2FeatureModel(BaseModel):
-    default_dataset_mode = "audiovisual"
+class Audio2FeatureModel(BaseAudioModel):
     best_metric = ("mouth_lmd", "min")
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-        parser.add_argument("--apc_hidden_size", type=non_negative_int, default=0,
-                            help="APC feature size; 0 = the size of the identity's APC features")
+        parser = BaseAudioModel.modify_commandline_options(parser, is_train)
         parser.add_argument("--a2f_hidden_size", type=positive_int, default=512, help="MLP width around the LSTM")
         parser.add_argument("--lstm_hidden_size", type=positive_int, default=256, help="LSTM width")
         parser.add_argument("--lstm_layers", type=positive_int, default=3, help="LSTM layers")
         parser.add_argument("--frame_future", type=non_negative_int, default=18,
                             help="mouth lookahead d in frames: the output for frame t is read at step t + d")
         parser.add_argument("--sequence_length", type=positive_int, default=240, help="frames per training window")
-        parser.set_defaults(frame_jump_stride=4, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step",
-                            lr_decay_iters=250,
-                            lr_gamma=0.2, n_epochs=500, n_epochs_decay=0, val_freq=10)
+        parser.set_defaults(frame_jump_stride=4)
         return parser
 
     def __init__(self, opt: argparse.Namespace) -> None:
         super().__init__(opt)
         self.loss_names = ["L2"]
         self.visual_names = ["mouth_opening"]
-        self.model_names = ["Audio2Feature"]
-        self.apc_dim = opt.apc_hidden_size or identity_apc_dim(opt)
         cfg = Audio2FeatureConfig(apc_dim=self.apc_dim, hidden_size=opt.a2f_hidden_size,
                                   lstm_hidden_size=opt.lstm_hidden_size, lstm_layers=opt.lstm_layers)
-        self.netAudio2Feature = Audio2FeatureNet(cfg).to(self.device)
-        if self.is_train:
-            self.optimizers = [torch.optim.Adam(self.netAudio2Feature.parameters(), lr=opt.lr,
-                                                betas=(opt.beta1, opt.beta2))]
-
-    def network_meta(self) -> dict:
-        return {"frame_future": self.opt.frame_future, "fps": self.opt.fps}
+        self.add_network("Audio2Feature", Audio2FeatureNet(cfg))
 
     def data_spec(self) -> WindowSpec:
         return WindowSpec(length=self.opt.sequence_length, apc_dim=self.apc_dim)
@@ -89,6 +77,3 @@ class Audio2FeatureModel(BaseModel):
         pred, target = self.aligned()
         dist = (pred.float() - target).reshape(*pred.shape[:2], -1, 3).norm(dim=-1).mean()
         return {"mouth_lmd": float(dist), "L2": float(self.compute_loss().detach())}
-
-    def optimize_parameters(self) -> None:
-        self.step_single_optimizer()

@@ -11,22 +11,20 @@ import argparse
 
 import torch
 
-from datasets.audiovisual_dataset import WindowSpec, identity_apc_dim
-from models.base_model import BaseModel
+from datasets.audiovisual_dataset import WindowSpec
+from models.base_audio_model import BaseAudioModel
 from models.losses import gmm_nll
 from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
 from util.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from util.visualizer import curves_image
 
 
-class Audio2HeadposeModel(BaseModel):
-    default_dataset_mode = "audiovisual"
+class Audio2HeadposeModel(BaseAudioModel):
     best_metric = ("NLL", "min")
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-        parser.add_argument("--apc_hidden_size", type=non_negative_int, default=0,
-                            help="APC feature size; 0 = the size of the identity's APC features")
+        parser = BaseAudioModel.modify_commandline_options(parser, is_train)
         parser.add_argument("--a2h_wavenet_residual_layers", type=positive_int, default=7, help="layers per block")
         parser.add_argument("--a2h_wavenet_residual_blocks", type=positive_int, default=2, help="dilation cycles")
         parser.add_argument("--a2h_wavenet_residual_channels", type=positive_int, default=128, help="residual width")
@@ -41,9 +39,7 @@ class Audio2HeadposeModel(BaseModel):
         parser.add_argument("--time_frame_length", type=positive_int, default=240, help="target frames per window")
         parser.add_argument("--smooth_loss", type=non_negative_float, default=0.0,
                             help="weight of a second-difference smoothness term on the predicted means")
-        parser.set_defaults(frame_jump_stride=1, batch_size=32, lr=1e-4, beta1=0.9, beta2=0.99, lr_policy="step",
-                            lr_decay_iters=250,
-                            lr_gamma=0.2, n_epochs=500, n_epochs_decay=0, val_freq=10)
+        parser.set_defaults(frame_jump_stride=1)
         if is_train:
             # The held-out NLL of a short tail favours early, under-dispersed models whose sampled head
             # barely moves (measured on the example: 0.2-0.4 deg rotation std for best vs 0.5-0.7 for
@@ -55,24 +51,17 @@ class Audio2HeadposeModel(BaseModel):
         super().__init__(opt)
         self.loss_names = ["GMM"] + (["smooth"] if opt.smooth_loss > 0 else [])
         self.visual_names = ["yaw", "pitch"]
-        self.model_names = ["Audio2Headpose"]
         self.cfg = Audio2HeadposeConfig(
-            apc_dim=opt.apc_hidden_size or identity_apc_dim(opt), cond_channels=opt.a2h_wavenet_cond_channels,
+            apc_dim=self.apc_dim, cond_channels=opt.a2h_wavenet_cond_channels,
             residual_layers=opt.a2h_wavenet_residual_layers, residual_blocks=opt.a2h_wavenet_residual_blocks,
             residual_channels=opt.a2h_wavenet_residual_channels, dilation_channels=opt.a2h_wavenet_dilation_channels,
             skip_channels=opt.a2h_wavenet_skip_channels, kernel_size=opt.a2h_wavenet_kernel_size,
             ncenter=opt.a2h_gmm_ncenter)
-        self.netAudio2Headpose = Audio2HeadposeNet(self.cfg).to(self.device)
-        if self.is_train:
-            self.optimizers = [torch.optim.Adam(self.netAudio2Headpose.parameters(), lr=opt.lr,
-                                                betas=(opt.beta1, opt.beta2))]
+        self.add_network("Audio2Headpose", Audio2HeadposeNet(self.cfg))
 
     @property
     def receptive_field(self) -> int:
-        return self.cfg.wavenet().receptive_field
-
-    def network_meta(self) -> dict:
-        return {"frame_future": self.opt.frame_future, "fps": self.opt.fps}
+        return self.cfg.receptive_field
 
     def data_spec(self) -> WindowSpec:
         return WindowSpec(length=self.opt.time_frame_length, history=self.receptive_field - 1,
@@ -111,6 +100,3 @@ class Audio2HeadposeModel(BaseModel):
         self.compute_loss()
         rot_err = (self.mean_pred[..., :3].float() - self.target[..., :3]).abs().mean()
         return {"NLL": float(self.loss_GMM), "rot_l1_deg": float(rot_err)}
-
-    def optimize_parameters(self) -> None:
-        self.step_single_optimizer()

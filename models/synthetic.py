@@ -16,16 +16,7 @@ import yaml
 from scipy.io import savemat
 
 from datasets.identity import STAGES, IdentityFiles
-from models.networks import (
-    APC,
-    APCConfig,
-    Audio2FeatureConfig,
-    Audio2FeatureNet,
-    Audio2HeadposeConfig,
-    Audio2HeadposeNet,
-    Feature2FaceG,
-    Feature2FaceGConfig,
-)
+from models.networks import NETWORKS, Audio2HeadposeConfig, Feature2FaceGConfig
 from util.audio import SAMPLE_RATE
 from util.checkpoint import atomic_save, save_network
 from util.landmarks import NUM_CANDIDATES, NUM_POINTS, NUM_SHOULDER_POINTS
@@ -109,8 +100,8 @@ def make_identity(project_root: Path, identity: str, size: int = 64, g_size: str
     write_assets(data, size, n_frames, apc_frames, seed)
     ckpt = data / "checkpoints"
     gcfg = Feature2FaceGConfig(size=g_size, ngf=ngf, num_downs=num_downs)
-    nets = {"APC": APC(APCConfig()), "Audio2Feature": Audio2FeatureNet(Audio2FeatureConfig()),
-            "Audio2Headpose": Audio2HeadposeNet(a2h or Audio2HeadposeConfig()), "Feature2Face": Feature2FaceG(gcfg)}
+    configs = {"Audio2Headpose": a2h or Audio2HeadposeConfig(), "Feature2Face": gcfg}
+    nets = {name: net_cls(configs.get(name, config_cls())) for name, (net_cls, config_cls) in NETWORKS.items()}
     if release_format:
         paths = {"APC": project_root / "data" / "APC_epoch_160.model", "Audio2Feature": ckpt / "Audio2Feature.pkl",
                  "Audio2Headpose": ckpt / "Audio2Headpose.pkl", "Feature2Face": ckpt / "Feature2Face.pkl"}

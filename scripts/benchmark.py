@@ -265,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.runtime import PortraitPipeline
     from util.audio import load_audio
-    from util.errors import InputError
+    from util.errors import run_cli
+    from util.io import write_json
 
     torch.set_num_threads(args.threads)
-    try:
+
+    def work() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             pipe = (PortraitPipeline.from_identity(args.id, args.device, args.config_dir) if args.id
                     else random_pipeline(args, Path(tmp)))
@@ -279,20 +281,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.stream_seconds > 0:
                 live = np.resize(clip, int(args.stream_seconds * pipe.sample_rate))
                 result.update(stream(args, pipe, live, Path(tmp)))
-    except InputError as err:
-        print(f"benchmark.py: error: {err}", file=sys.stderr)
-        return 2
-    for name, v in result["stages"].items():
-        print(f"{name:>26}: {v['ms_per_frame']:9.3f} ms/frame  ({1000 / v['ms_per_frame']:9.1f} fps, "
-              f"{v['frames']} frames)")
-    for key, value in result.items():
-        if key not in ("stages", "setup"):
-            print(f"{key:>26}: {value}")
-    print(f"{'setup':>26}: {json.dumps(result['setup'])}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+        for name, v in result["stages"].items():
+            print(f"{name:>26}: {v['ms_per_frame']:9.3f} ms/frame  ({1000 / v['ms_per_frame']:9.1f} fps, "
+                  f"{v['frames']} frames)")
+        for key, value in result.items():
+            if key not in ("stages", "setup"):
+                print(f"{key:>26}: {value}")
+        print(f"{'setup':>26}: {json.dumps(result['setup'])}")
+        if args.json:
+            write_json(args.json, result)
+
+    return run_cli("benchmark.py", work)
 
 
 if __name__ == "__main__":

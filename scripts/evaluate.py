@@ -32,17 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     weights = metric_weights(p, args)
     from datasets.identity import check_identity_name
-    from util.errors import InputError
+    from util.errors import run_cli
 
     get_logger()
-    try:
+
+    def work() -> None:
         report = demo_and_evaluate(check_identity_name(args.id), args.data_root, args.config_dir, args.results_dir,
                                    args.driving_audio, args.device, {}, weights, args.speech)
-    except InputError as err:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
-        return 2
-    print(f"\nevaluation written: open {report}")
-    return 0
+        print(f"\nevaluation written: open {report}")
+
+    return run_cli("evaluate.py", work)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ TOLERANCE = 1e-3  # max abs difference in [-1, 1] output units
 
 def export_renderer(pipe: PortraitPipeline, path: Path) -> float:
     """Trace the renderer to ONNX (dynamic batch) and return the largest difference from torch."""
+    import copy
     import warnings
 
     import numpy as np
@@ -32,7 +33,7 @@ def export_renderer(pipe: PortraitPipeline, path: Path) -> float:
 
     from util.io import atomic_write
 
-    net = pipe.renderer.net.float().cpu().eval()
+    net = copy.deepcopy(pipe.renderer.net).float().cpu().eval()  # a copy: the live renderer stays where it is
     h, w = pipe.assets.image_size
     x = torch.randn(1, net.cfg.input_nc, h, w)
     with atomic_write(path) as tmp, warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
@@ -53,20 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from models.runtime import PortraitPipeline
     from models.runtime.renderer import onnx_renderer_path
-    from util.errors import InputError
+    from util.errors import run_cli
 
-    try:
+    def work() -> None:
         pipe = PortraitPipeline.from_identity(args.id, "cpu", args.config_dir)
         out = args.out or onnx_renderer_path(pipe.cfg)
         diff = export_renderer(pipe, out)
-    except InputError as err:
-        print(f"export_onnx.py: error: {err}", file=sys.stderr)
-        return 2
-    if diff > TOLERANCE:
-        print(f"export_onnx.py: error: onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})", file=sys.stderr)
-        return 1
-    print(f"wrote {out} (onnxruntime vs torch: max difference {diff:.1e})")
-    return 0
+        if diff > TOLERANCE:
+            raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
+        print(f"wrote {out} (onnxruntime vs torch: max difference {diff:.1e})")
+
+    return run_cli("export_onnx.py", work, {ExportError: 1})
+
+
+class ExportError(RuntimeError):
+    """The exported renderer does not reproduce torch."""
 
 
 if __name__ == "__main__":

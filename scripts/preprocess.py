@@ -57,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.identity import check_identity_name
     from datasets.preprocessing.run import Settings, finished_meta, run
     from models.apc_model import write_apc_features
-    from util.errors import InputError
+    from util.errors import run_cli
     from util.log import get_logger
 
     get_logger()
-    try:
+
+    def work() -> None:
         check_identity_name(args.id)
         settings = Settings(
             identity=args.id, videos=args.video, audios=args.audio or [None] * len(args.video), size=args.size,
@@ -71,14 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = finished_meta(settings.root, "--only apc_features") if args.only == "apc_features" else run(settings)
         if args.apc_ckpt is not None or args.only == "apc_features":
             write_apc_features(settings.root, args.apc_ckpt, args.config_dir, args.id, meta)
-    except InputError as err:
-        print(f"preprocess.py: error: {err}", file=sys.stderr)
-        return 2
-    clips = meta["clips"]
-    print(f"identity {args.id}: {sum(c['split'] == 'train' for c in clips)} training and "
-          f"{sum(c['split'] == 'val' for c in clips)} validation clip(s) in {settings.root}; "
-          f"reprojection error {meta['reprojection']['mean_px']:.4f} px mean")
-    return 0
+        clips = meta["clips"]
+        print(f"identity {args.id}: {sum(c['split'] == 'train' for c in clips)} training and "
+              f"{sum(c['split'] == 'val' for c in clips)} validation clip(s) in {settings.root}; "
+              f"reprojection error {meta['reprojection']['mean_px']:.4f} px mean")
+
+    return run_cli("preprocess.py", work)
 
 
 if __name__ == "__main__":

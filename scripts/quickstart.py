@@ -82,7 +82,7 @@ def run_step(name: str, fn: Callable[[list[str]], int], args: list[str]) -> None
     print(f"\n== {name}", flush=True)
     code = fn(args)
     if code != 0:
-        raise SystemExit(f"quickstart.py: step '{name}' failed (exit {code}); fix the message above and rerun")
+        raise StepError(f"step '{name}' failed (exit {code}); fix the message above and rerun")
     print(f"== {name}: done in {time.time() - start:.0f} s", flush=True)
 
 
@@ -111,16 +111,26 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, ti
     return ckpt
 
 
+class StepError(RuntimeError):
+    """A step of the quickstart ended with a non-zero status (its own message is printed above)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    from util.errors import run_cli
+    from util.log import get_logger
+
+    get_logger()
+    return run_cli("quickstart.py", lambda: quickstart(a), {StepError: 1})
+
+
+def quickstart(a: argparse.Namespace) -> None:
+    """Every step of the quickstart, each skipped when its output exists."""
     import json
 
     from datasets.identity import STAGES, IdentityFiles
     from models.evaluation.evaluate import demo_and_evaluate
-    from util.errors import InputError
-    from util.log import get_logger
 
-    get_logger()
     preprocess = _load("preprocess")
     prof = PROFILES[a.profile]
     identity = a.data_root / a.id
@@ -142,13 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     for stage in STAGES:
         if stage != "apc":
             train_stage(a, stage, identity, f"{a.id}_{stage}", timings)
-    try:
-        report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
-                                   timings, a.weights, a.speech)
-    except InputError as err:
-        raise SystemExit(f"quickstart.py: error: {err}") from err
+    report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
+                               timings, a.weights, a.speech)
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
-    return 0
 
 
 def _load(name: str):

@@ -54,6 +54,17 @@ def load_script(name: str):
     return module
 
 
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory) -> Path:
+    """A synthetic identity folder with training clips (models.synthetic), for the training tests."""
+    from models.synthetic import write_assets, write_training_clips
+
+    root = tmp_path_factory.mktemp("identity") / "syn"
+    write_assets(root, 64, n_frames=60, apc_frames=100)
+    write_training_clips(root, seconds=(4.0, 2.0))
+    return root
+
+
 @pytest.fixture(scope="session")
 def landmarker() -> Path:
     """MediaPipe's face_landmarker.task, fetched (and checked) on first use; skip when impossible."""

@@ -4,7 +4,6 @@ path that production runs, given the same audio and the same history, predict th
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from test_train import STAGE_ARGS
 
@@ -12,16 +11,7 @@ from datasets import create_dataset
 from models import create_model
 from models.runtime.settings import MouthSettings, PoseSettings
 from models.runtime.streams import MouthStream, PoseStream
-from models.synthetic import write_assets, write_training_clips
 from options.train_options import TrainOptions
-
-
-@pytest.fixture(scope="module")
-def identity(tmp_path_factory):
-    root = tmp_path_factory.mktemp("identity") / "syn"
-    write_assets(root, 64, n_frames=60, apc_frames=100)
-    write_training_clips(root, seconds=(4.0, 2.0))
-    return root
 
 
 def model_and_window(identity, tmp_path, model: str, *extra: str):

@@ -17,6 +17,7 @@ from models.evaluation.lpips import LPIPS, alexnet_features
 from models.evaluation.syncnet import SyncNet, mfcc, score_video
 from models.synthetic import synthetic_face
 from util.errors import InputError
+from util.landmarks import face_width, mouth_opening
 
 
 def test_psnr_and_ssim_on_known_images():
@@ -36,8 +37,9 @@ def test_mouth_distance_and_opening():
     shifted[:, M.MOUTH, :2] += [3.0, 4.0]  # every mouth point moved by 5 units
     assert M.mouth_lmd(face, face, 2.0) == 0
     assert M.mouth_lmd(shifted, face, 2.0) == pytest.approx(10.0)  # 5 units x 2 px per unit
-    opening = M.mouth_opening(face)
+    opening = mouth_opening(face)
     assert np.allclose(opening, np.linalg.norm(face[0, 62] - face[0, 59]))
+    assert np.allclose(face_width(face), np.linalg.norm(face[0, 14] - face[0, 0]))
 
 
 def test_mouth_scores_identical_and_moving():
@@ -132,5 +134,12 @@ def test_quickstart_tiny_profile(tmp_path, landmarker):
         assert math.isfinite(value)
     assert "LPIPS" not in metrics["skipped_metrics"] and "renderer LPIPS" in report
     assert (out / "eng_12s" / "eng_12s.mp4").is_file() and (out / "side_by_side.mp4").is_file()
-    again = load_script("quickstart").main(["--profile", "tiny", *dirs])  # resumes: reuses everything trained
-    assert again == 0
+    trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")}
+    meta = tmp_path / "data" / "example" / "meta.json"
+    made = meta.stat().st_mtime_ns
+    assert load_script("quickstart").main(["--profile", "tiny", *dirs]) == 0  # a second run reuses everything
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")} == trained  # nothing retrained
+    assert meta.stat().st_mtime_ns == made  # nor preprocessed again
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["audio_to_mouth"] == metrics["audio_to_mouth"]  # the same networks, the same numbers
+    assert again["renderer"]["psnr_db"] == metrics["renderer"]["psnr_db"]

@@ -13,7 +13,6 @@ import torch
 import test as test_script
 import train
 from models import create_model
-from models.synthetic import write_assets, write_training_clips
 from options.test_options import TestOptions
 from options.train_options import TrainOptions
 
@@ -22,14 +21,6 @@ STAGE_ARGS = {
     "audio2headpose": ["--time_frame_length", "12", "--batch_size", "4", "--frame_jump_stride", "7"],
     "feature2face": ["--ngf", "8", "--num_downs", "5", "--ndf", "8", "--batch_size", "2", "--frame_jump", "5"],
 }
-
-
-@pytest.fixture(scope="module")
-def identity(tmp_path_factory):
-    root = tmp_path_factory.mktemp("identity") / "syn"
-    write_assets(root, 64, n_frames=60, apc_frames=100)
-    write_training_clips(root, seconds=(4.0, 2.0))
-    return root
 
 
 def train_args(identity, tmp_path, model: str, *extra: str) -> list[str]:

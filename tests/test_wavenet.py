@@ -14,11 +14,6 @@ from models.runtime.settings import PoseSettings
 from models.runtime.streams import NoiseSource, PoseStream
 
 
-@pytest.mark.parametrize("cfg", [
-    Audio2HeadposeConfig(),
-    Audio2HeadposeConfig(residual_layers=3, residual_blocks=2, residual_channels=16, dilation_channels=24,
-                         skip_channels=32, kernel_size=3, cond_channels=64, ncenter=3),
-])
 def pose_stream_samples(net, pairs, ff, seed, chunks):
     """The raw pose samples production runs: PoseStream fed `pairs` in `chunks` pieces."""
     settings = PoseSettings(frame_future=ff, sigma_scale=0.3, rot_gain=1, trans_gain=1, rot_sigma=0, trans_sigma=0,
@@ -28,6 +23,11 @@ def pose_stream_samples(net, pairs, ff, seed, chunks):
     return np.concatenate([stream.push(pairs[a:b])[2] for a, b in zip(bounds[:-1], bounds[1:])])
 
 
+@pytest.mark.parametrize("cfg", [
+    Audio2HeadposeConfig(),
+    Audio2HeadposeConfig(residual_layers=3, residual_blocks=2, residual_channels=16, dilation_channels=24,
+                         skip_channels=32, kernel_size=3, cond_channels=64, ncenter=3),
+])
 def test_incremental_stream_equals_full_recompute(cfg):
     torch.manual_seed(0)
     net = Audio2HeadposeNet(cfg).eval()
@@ -47,8 +47,8 @@ def test_incremental_stream_equals_full_recompute(cfg):
 def test_prime_then_steps_equal_convolution():
     torch.manual_seed(1)
     cfg = WaveNetConfig(residual_layers=4, residual_blocks=2, cond_channels=32)
-    net = WaveNet(cfg).eval()
-    hist, cond = torch.randn(2, cfg.input_channels, 50), torch.randn(2, cfg.cond_channels, 50)
+    net = WaveNet(cfg, 12, 25).eval()
+    hist, cond = torch.randn(2, 12, 50), torch.randn(2, cfg.cond_channels, 50)
     ref = net(hist, cond).transpose(1, 2).detach().numpy()  # (B, L, C)
     inc = IncrementalWaveNet(net, batch_size=2)
     c = inc.project_condition(cond.transpose(1, 2))

@@ -23,6 +23,14 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
+def _at_least(text: str, kind: type, low: float, strict: bool = False) -> float | int:
+    value = _number(text, kind)
+    if value < low or (strict and value == low):
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what} {'>' if strict else '>='} {low:g}, got {text}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """A finite float."""
     return float(_number(text, float))
@@ -30,34 +38,22 @@ def finite_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     """A finite float >= 0."""
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+    return float(_at_least(text, float, 0.0))
 
 
 def positive_float(text: str) -> float:
     """A finite float > 0."""
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
+    return float(_at_least(text, float, 0.0, strict=True))
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
+    return int(_at_least(text, int, 1))
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+    return int(_at_least(text, int, 0))
 
 
 def seed(text: str) -> int:

@@ -24,13 +24,20 @@ from util.errors import InputError, require_file
 MAX_CONFIG_BYTES = 1 << 20  # a YAML config larger than this is refused unread
 
 
-@contextmanager
-def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix, so writers keep their format); rename it over
-    `path` when the block ends without an error, remove it otherwise."""
+def temporary_path(path: str | Path) -> Path:
+    """A fresh hidden name beside `path` with the same suffix (so writers keep their format), for a file
+    that is renamed over `path` once complete; its folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (see temporary_path); rename it over `path` when the block
+    ends without an error, remove it otherwise."""
+    path = Path(path)
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -20,7 +20,7 @@ def available(kind: str) -> tuple[str, ...]:
     package, suffix = KINDS[kind]
     pkg = importlib.import_module(package)
     names = [m.name[: -len(suffix)] for m in pkgutil.iter_modules(pkg.__path__)
-             if m.name.endswith(suffix) and not m.name.startswith(("base", "template"))]
+             if m.name.endswith(suffix) and not m.name.startswith("base")]
     return tuple(sorted(names))
 
 
@@ -28,7 +28,7 @@ def find(kind: str, name: str) -> type:
     """The class registered as `name`; ValueError listing the available names when there is none."""
     package, suffix = KINDS[kind]
     choices = available(kind)
-    if name not in choices and name != "template":
+    if name not in choices:
         raise ValueError(f"unknown --{'model' if kind == 'model' else 'dataset_mode'} '{name}'; "
                          f"available: {', '.join(choices) or '(none)'}")
     module = importlib.import_module(f"{package}.{name}{suffix}")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from util.audio import SAMPLE_RATE
+from util.io import atomic_write, temporary_path
 
 CRF = 18  # x264 quality: visually lossless for talking heads
 PRESET = "veryfast"
@@ -29,23 +31,23 @@ class VideoWriter:
     """Write RGB frames to an .mp4, optionally muxing mono float audio; use as a context manager."""
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int], audio: np.ndarray | None = None,
-                 sample_rate: int = 16000, gray: bool = False) -> None:
+                 sample_rate: int = SAMPLE_RATE, gray: bool = False) -> None:
         self.path = Path(path)
         self.height, self.width = size
         self.channels = 1 if gray else 3
         self.frames = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self._tmp = temporary_path(self.path)
         self._wav = None
         cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-f", "rawvideo",
                "-pix_fmt", "gray" if gray else "rgb24", "-s", f"{self.width}x{self.height}", "-r", str(fps), "-i", "-"]
         if audio is not None:
-
-            fd, wav = tempfile.mkstemp(suffix=".wav", dir=self.path.parent)
-            os.close(fd)
-            self._wav = Path(wav)
-            write_wav(wav, audio, sample_rate)
-            cmd += ["-i", wav, "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest"]
+            self._wav = temporary_path(self.path.with_suffix(".wav"))
+            try:
+                write_wav(self._wav, audio, sample_rate)
+            except BaseException:
+                self._wav.unlink(missing_ok=True)
+                raise
+            cmd += ["-i", str(self._wav), "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest"]
         cmd += ["-c:v", "libx264", "-preset", PRESET, "-crf", str(CRF), "-pix_fmt", "yuv420p",
                 "-movflags", "+faststart", str(self._tmp)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -167,16 +169,14 @@ def mux_audio(video: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     """Add mono float audio to a silent video in place (AAC; the video stream is copied)."""
 
     video = Path(video)
-    wav = video.with_suffix(".tmp.wav")
-    out = video.with_name(f".{video.stem}.mux{video.suffix}")
-    write_wav(wav, audio, sample_rate)
+    wav = temporary_path(video.with_suffix(".wav"))  # ffmpeg's input only
     try:
-        cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-i", str(video), "-i", str(wav), "-c:v", "copy",
-               "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest", "-movflags", "+faststart", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed adding audio to {video}: {proc.stderr.strip()[-300:]}")
-        os.replace(out, video)
+        with atomic_write(video) as out:
+            write_wav(wav, audio, sample_rate)
+            cmd = [ffmpeg_exe(), "-y", "-v", "error", "-nostdin", "-i", str(video), "-i", str(wav), "-c:v", "copy",
+                   "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest", "-movflags", "+faststart", str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ffmpeg failed adding audio to {video}: {proc.stderr.strip()[-300:]}")
     finally:
         wav.unlink(missing_ok=True)
-        out.unlink(missing_ok=True)

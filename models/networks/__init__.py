@@ -7,9 +7,16 @@ from models.networks.audio2headpose import Audio2HeadposeConfig, Audio2HeadposeN
 from models.networks.discriminator import MultiscaleDiscriminator, MultiscaleDiscriminatorConfig
 from models.networks.feature2face import FEATURE2FACE_GENERATORS, Feature2FaceG, Feature2FaceGConfig
 
+# The network of each trained stage by the name its checkpoint files carry (datasets.identity.STAGES):
+# its class and its config class.
+NETWORKS = {"APC": (APC, APCConfig), "Audio2Feature": (Audio2FeatureNet, Audio2FeatureConfig),
+            "Audio2Headpose": (Audio2HeadposeNet, Audio2HeadposeConfig),
+            "Feature2Face": (Feature2FaceG, Feature2FaceGConfig)}
+
 __all__ = [
     "APC",
     "FEATURE2FACE_GENERATORS",
+    "NETWORKS",
     "APCConfig",
     "Audio2FeatureConfig",
     "Audio2FeatureNet",

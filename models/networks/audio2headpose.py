@@ -24,36 +24,19 @@ from models.networks.wavenet import WaveNet, WaveNetConfig
 
 
 @dataclass(frozen=True)
-class Audio2HeadposeConfig:
-    """Audio2Headpose sizes; defaults are the released network's (4,266,915 parameters)."""
+class Audio2HeadposeConfig(WaveNetConfig):
+    """Audio2Headpose sizes: the WaveNet's (inherited) and the audio condition's and the pose mixture's;
+    defaults are the released network's (4,266,915 parameters)."""
 
     apc_dim: int = 512
     frames_per_step: int = 2
-    cond_channels: int = 512
-    residual_layers: int = 7
-    residual_blocks: int = 2
-    residual_channels: int = 128
-    dilation_channels: int = 128
-    skip_channels: int = 256
-    kernel_size: int = 2
-    use_bias: bool = True
     ncenter: int = 1  # Gaussian mixture components
     ndim: int = 12  # rot(3) + trans(3) + their velocities(6)
-    input_dropout: float = 0.5
 
     @property
     def output_channels(self) -> int:
         """Mixture logits + means + -log sigmas."""
         return self.ncenter * (1 + 2 * self.ndim)
-
-    def wavenet(self) -> WaveNetConfig:
-        return WaveNetConfig(
-            input_channels=self.ndim, output_channels=self.output_channels,
-            residual_layers=self.residual_layers, residual_blocks=self.residual_blocks,
-            residual_channels=self.residual_channels, dilation_channels=self.dilation_channels,
-            skip_channels=self.skip_channels, kernel_size=self.kernel_size, use_bias=self.use_bias,
-            cond_channels=self.cond_channels, input_dropout=self.input_dropout,
-        )
 
 
 class Audio2HeadposeNet(nn.Module):
@@ -63,7 +46,7 @@ class Audio2HeadposeNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.audio_downsample = frame_mlp([cfg.apc_dim * cfg.frames_per_step, cfg.cond_channels, cfg.cond_channels])
-        self.WaveNet = WaveNet(cfg.wavenet())
+        self.WaveNet = WaveNet(cfg, cfg.ndim, cfg.output_channels)
 
     @property
     def receptive_field(self) -> int:

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from models.networks.blocks import ResidualBlock
+from util.landmarks import NUM_CANDIDATES
 
 FEATURE_MAP_CHANNELS = 1  # LSP §1.10: one-channel line drawing
-NUM_CANDIDATES = 4  # LSP §1.11: four candidate appearance images
 MIN_DOWNS = 5  # outermost + 3 widening levels + innermost
 
 

@@ -24,10 +24,9 @@ from models.networks.blocks import LEAKY_SLOPE
 
 @dataclass(frozen=True)
 class WaveNetConfig:
-    """WaveNet sizes; defaults are the released head-pose network's (LSP §1.6)."""
+    """WaveNet sizes; defaults are the released head-pose network's (LSP §1.6). The input and output
+    widths are the caller's (Audio2Headpose: the pose size and its mixture parameters)."""
 
-    input_channels: int = 12
-    output_channels: int = 25
     residual_layers: int = 7
     residual_blocks: int = 2
     residual_channels: int = 128
@@ -75,15 +74,15 @@ class ResidualLayer(nn.Module):
 class WaveNet(nn.Module):
     """History (B, C_in, L) + condition (B, C_cond, L) -> per-step outputs (B, C_out, L)."""
 
-    def __init__(self, cfg: WaveNetConfig = WaveNetConfig()) -> None:
+    def __init__(self, cfg: WaveNetConfig, input_channels: int, output_channels: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.input_dropout = nn.Dropout1d(cfg.input_dropout)
-        self.start_conv1 = nn.Conv1d(cfg.input_channels, cfg.residual_channels, 1, bias=cfg.use_bias)
+        self.start_conv1 = nn.Conv1d(input_channels, cfg.residual_channels, 1, bias=cfg.use_bias)
         self.start_conv2 = nn.Conv1d(cfg.residual_channels, cfg.residual_channels, 1, bias=cfg.use_bias)
         self.residual_blocks = nn.ModuleList(ResidualLayer(cfg, d) for d in cfg.dilations)
-        self.end_conv_1 = nn.Conv1d(cfg.skip_channels, cfg.output_channels, 1, bias=cfg.use_bias)
-        self.end_conv_2 = nn.Conv1d(cfg.output_channels, cfg.output_channels, 1, bias=cfg.use_bias)
+        self.end_conv_1 = nn.Conv1d(cfg.skip_channels, output_channels, 1, bias=cfg.use_bias)
+        self.end_conv_2 = nn.Conv1d(output_channels, output_channels, 1, bias=cfg.use_bias)
 
     @property
     def receptive_field(self) -> int:

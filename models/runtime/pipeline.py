@@ -23,10 +23,9 @@ import torch
 from datasets.identity import STAGES, IdentityAssets, config_path, load_config
 from models.networks import (
     APC,
+    NETWORKS,
     APCConfig,
-    Audio2FeatureConfig,
     Audio2FeatureNet,
-    Audio2HeadposeConfig,
     Audio2HeadposeNet,
     Feature2FaceG,
     Feature2FaceGConfig,
@@ -77,10 +76,12 @@ class PortraitPipeline:
         cfg = load_config(identity, config_dir)
         mp = cfg["model_params"]
 
-        def load(stage: str, net_cls: type, config_cls: type, default: object, **kw: object) -> tuple:
+        def load(stage: str, default: object | None = None, **kw: object) -> tuple:
             s = STAGES[stage]
+            net_cls, config_cls = NETWORKS[s.network]
             path = config_path(cfg, ("model_params", s.section, "ckp_path"))
-            return load_network(path, s.network, net_cls, config_cls, default, f"{s.network} checkpoint", **kw)
+            what = f"{s.network} checkpoint"
+            return load_network(path, s.network, net_cls, config_cls, default or config_cls(), what, **kw)
 
         try:
             apc_default = APCConfig(mel_dim=int(mp["APC"]["mel_dim"]), hidden_size=int(mp["APC"]["hidden_size"]),
@@ -92,10 +93,10 @@ class PortraitPipeline:
             raise InputError(f"config file {cfg['_path']}: APC sizes or Image2Image size/ngf/num_downs are not "
                              f"valid ({type(err).__name__}: {err})") from err
         assets = IdentityAssets.load(cfg, need_apc_base=runtime_settings(cfg, {}, {}).encoder.use_lle)
-        apc, _, _ = load("apc", APC, APCConfig, apc_default, optional_prefixes=("postnet.",))
-        a2f, _, a2f_meta = load("audio2feature", Audio2FeatureNet, Audio2FeatureConfig, Audio2FeatureConfig())
-        a2h, _, a2h_meta = load("audio2headpose", Audio2HeadposeNet, Audio2HeadposeConfig, Audio2HeadposeConfig())
-        netg, _, _ = load("feature2face", Feature2FaceG, Feature2FaceGConfig, g_default, strip=("module.", "netG."))
+        apc, _, _ = load("apc", apc_default, optional_prefixes=("postnet.",))
+        a2f, _, a2f_meta = load("audio2feature")
+        a2h, _, a2h_meta = load("audio2headpose")
+        netg, _, _ = load("feature2face", g_default, strip=("module.", "netG."))
         settings = runtime_settings(cfg, a2f_meta, a2h_meta)
         return cls.build(cfg, assets, apc, a2f, a2h, netg, device, settings, backend)
 
