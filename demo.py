@@ -28,13 +28,10 @@ def main(opt: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     from models.runtime.postprocess import load_pose_file
     from options.common import save_options
     from util.audio import load_audio
-    from util.errors import InputError
+    from util.io import prepare_output_dir
 
     name = "mic" if opt.mic else opt.driving_audio.stem
-    out_dir = opt.results_dir / check_identity_name(opt.id) / name
-    if out_dir.exists() and any(out_dir.iterdir()) and not opt.overwrite:
-        raise InputError(f"results folder {out_dir} already exists; pass --overwrite to replace the demo's files "
-                         "in it, or choose another --results_dir")
+    out_dir = prepare_output_dir(opt.results_dir / check_identity_name(opt.id) / name, "--results_dir", opt.overwrite)
     pipeline = PortraitPipeline.from_identity(opt.id, opt.device, opt.config_dir, opt.backend)
     if opt.mic:
         paths = live(pipeline, opt, out_dir, name, record_mic(pipeline.sample_rate, opt.mic_seconds))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -53,6 +54,9 @@ def identity_config(opt: argparse.Namespace) -> Path | None:
     path = Path(opt.config_dir) / f"{Path(opt.dataroot).name}.yaml"
     if not path.is_file():
         return None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"config file {path}: not writable; training points it at the trained network at the end, "
+                         "so make it writable (or pass another --config_dir) before training")
     params = read_yaml(path).get("model_params", {})
     if not isinstance(params, dict) or not isinstance(params.get(STAGES[opt.model].section, {}), dict):
         raise InputError(f"config file {path}: model_params.{STAGES[opt.model].section} must be a mapping; fix it "

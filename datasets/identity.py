@@ -301,7 +301,7 @@ def _load_scale(path: Path) -> float:
     require_file(path, "identity scale")
     try:
         scale = float(np.asarray(loadmat(str(path))["scale"], dtype=np.float64).reshape(-1)[0])
-    except (KeyError, ValueError, IndexError, TypeError, OSError) as err:
+    except Exception as err:  # scipy raises its own types (MatReadError, ...) besides the usual ones
         raise InputError(f"identity scale {path}: expected a MATLAB file with a number 'scale' ({err})") from err
     if not np.isfinite(scale) or scale <= 0:
         raise InputError(f"identity scale {path}: expected a positive number, found {scale}")

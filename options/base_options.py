@@ -15,7 +15,7 @@ import torch
 
 from options.common import format_options, log_non_defaults, save_options
 from util import registry
-from util.argtypes import non_negative_int, positive_float, positive_int, seed
+from util.argtypes import ArgumentParser, non_negative_int, positive_float, positive_int, seed
 from util.distributed import world_info
 
 
@@ -67,12 +67,15 @@ class BaseOptions:
 
     def gather_options(self, args: list[str] | None = None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
         args = sys.argv[1:] if args is None else list(args)
-        parser = self.initialize(argparse.ArgumentParser(
-            description=f"Live Speech Portraits {self.phase}", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        parser = self.initialize(ArgumentParser(prog=f"{self.phase}.py", add_help=False,
+                                                description=f"Live Speech Portraits {self.phase}",
+                                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
         try:
             self._add_class_options(parser, args)
         except ValueError as err:
             parser.error(str(err))
+        # --help only now, so that it lists the chosen model's and dataset's own flags too
+        parser.add_argument("-h", "--help", action="help", help="show this help message and exit")
         return parser.parse_args(args), parser
 
     def validate(self, opt: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from options.common import log_non_defaults
-from util.argtypes import non_negative_float, positive_int, seed
+from util.argtypes import ArgumentParser, non_negative_float, positive_int, seed
 
 
 class DemoOptions:
@@ -65,7 +65,7 @@ class DemoOptions:
         return parser
 
     def parse(self, args: list[str] | None = None) -> argparse.Namespace:
-        parser = self.initialize(argparse.ArgumentParser(
+        parser = self.initialize(ArgumentParser(prog="demo.py",
             description="Drive a trained Live Speech Portraits identity with speech.",
             formatter_class=argparse.ArgumentDefaultsHelpFormatter))
         opt = parser.parse_args(args)

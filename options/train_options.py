@@ -43,6 +43,8 @@ class TrainOptions(BaseOptions):
                             help="every --save_latest_freq iterations also keep a checkpoint iter_<n>")
         parser.add_argument("--continue_train", action="store_true",
                             help="resume from the --epoch checkpoint: weights, optimizers, schedulers, counters, RNG")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="start a fresh run in a --name folder that holds one, replacing its checkpoints")
         parser.add_argument("--epoch_count", type=positive_int, default=1,
                             help="first epoch number of a fresh run (a resumed run takes it from the checkpoint)")
         # schedule and optimisation
@@ -81,3 +83,14 @@ class TrainOptions(BaseOptions):
         parser.add_argument("--debug", action="store_true",
                             help="one epoch on 10 samples, printing and displaying every iteration")
         return parser
+
+    def validate(self, opt: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+        """The base's derived fields; and a fresh run never replaces a finished one's checkpoints silently."""
+        opt = super().validate(opt, parser)
+        folder = Path(opt.checkpoints_dir) / opt.name
+        if not (opt.continue_train or opt.overwrite or opt.dry_run) and folder.is_dir():
+            found = sorted(p.name for p in folder.glob("*_state.pth"))
+            if found:
+                parser.error(f"--name {opt.name}: {folder} already holds a training run ({', '.join(found[:3])}); "
+                             "resume it with --continue_train, or start over with --overwrite or another --name")
+        return opt

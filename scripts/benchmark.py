@@ -37,35 +37,37 @@ AUDIO_SIDE = ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "proj
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from util.argtypes import ArgumentParser, non_negative_float, positive_float, positive_int
+
+    p = ArgumentParser(prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--id", type=str, default=None, help="benchmark this identity (default: random weights)")
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files")
     p.add_argument("--g_size", type=str, default="normal", choices=("large", "normal", "small"),
                    help="random weights: generator variant")
-    p.add_argument("--image_size", type=int, default=512, help="random weights: crop side")
-    p.add_argument("--ngf", type=int, default=64, help="random weights: generator width")
-    p.add_argument("--num_downs", type=int, default=8, help="random weights: U-Net levels")
-    p.add_argument("--database_frames", type=int, default=36000,
+    p.add_argument("--image_size", type=positive_int, default=512, help="random weights: crop side")
+    p.add_argument("--ngf", type=positive_int, default=64, help="random weights: generator width")
+    p.add_argument("--num_downs", type=positive_int, default=8, help="random weights: U-Net levels")
+    p.add_argument("--database_frames", type=positive_int, default=36000,
                    help="random weights: APC feature database rows (36000 = 5 min of speech at 120 Hz)")
     p.add_argument("--audio", type=Path, default=None, help="driving audio (default: the bundled clip, looped)")
-    p.add_argument("--seconds", type=float, default=10.0, help="audio length to process")
-    p.add_argument("--render_frames", type=int, default=8, help="frames to time the renderer on")
-    p.add_argument("--batch_size", type=int, default=1, help="frames per renderer call")
-    p.add_argument("--reference_frames", type=int, default=120,
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="audio length to process")
+    p.add_argument("--render_frames", type=positive_int, default=8, help="frames to time the renderer on")
+    p.add_argument("--batch_size", type=positive_int, default=1, help="frames per renderer call")
+    p.add_argument("--reference_frames", type=positive_int, default=120,
                    help="frames to time the original full-recompute head-pose generation on")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median reported)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per stage (median reported)")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="torch CPU threads")
     p.add_argument("--device", type=str, default="cpu", help="cpu or cuda")
     p.add_argument("--onnx", action="store_true", help="also time the renderer exported to onnxruntime")
     p.add_argument("--compile", action="store_true", help="also time the renderer through torch.compile")
-    p.add_argument("--offline_seconds", type=float, default=1.0,
+    p.add_argument("--offline_seconds", type=non_negative_float, default=1.0,
                    help="time a whole offline run (audio side, render, H.264 encode) on this much audio: offline_fps")
-    p.add_argument("--stream_seconds", type=float, default=0.0,
+    p.add_argument("--stream_seconds", type=non_negative_float, default=0.0,
                    help="also run a live session on this much audio, paced in real time (latency, stream fps)")
-    p.add_argument("--chunk_ms", type=float, default=20.0, help="live session: audio chunk length")
-    p.add_argument("--frame_step", type=int, default=1, help="live session: render every n-th frame")
-    p.add_argument("--hop_ms", type=float, default=50.0, help="live session: audio-side cadence")
-    p.add_argument("--max_lag_ms", type=float, default=0.0,
+    p.add_argument("--chunk_ms", type=positive_float, default=20.0, help="live session: audio chunk length")
+    p.add_argument("--frame_step", type=positive_int, default=1, help="live session: render every n-th frame")
+    p.add_argument("--hop_ms", type=non_negative_float, default=50.0, help="live session: audio-side cadence")
+    p.add_argument("--max_lag_ms", type=non_negative_float, default=0.0,
                    help="live session: skip frames later than this to stay live (0 = render every frame)")
     p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
                    help="live session: renderer backend (onnx exports the renderer to a temporary file)")

@@ -18,9 +18,10 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     from models.evaluation.evaluate import add_metric_weight_flags, demo_and_evaluate, metric_weights
+    from util.argtypes import ArgumentParser
     from util.log import get_logger
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--id", type=str, required=True, help="the identity (data/<id>/, config/<id>.yaml)")
     p.add_argument("--driving_audio", type=Path, required=True, help="another speaker's speech")
     p.add_argument("--device", type=str, default="cpu", help="cpu or cuda")

@@ -47,7 +47,9 @@ def export_renderer(pipe: PortraitPipeline, path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from util.argtypes import ArgumentParser
+
+    p = ArgumentParser(prog="export_onnx.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--id", type=str, required=True, help="identity whose renderer to export")
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files")
     p.add_argument("--out", type=Path, default=None, help="output file (default: from the config)")

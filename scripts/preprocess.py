@@ -19,20 +19,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from datasets.identity import CONFIG_DIR, DATA_DIR
+    from util.argtypes import (
+        ArgumentParser,
+        fraction,
+        non_negative_float,
+        non_negative_int,
+        positive_float,
+        positive_int,
+    )
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="preprocess.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", type=Path, nargs="+", default=[], help="video file(s) of the same person talking")
     p.add_argument("--audio", type=Path, nargs="+", default=None,
                    help="speech for each --video (needed when a video has no audio track)")
     p.add_argument("--id", type=str, required=True, help="identity name: data/<id>/ and config/<id>.yaml")
-    p.add_argument("--size", type=int, default=512, help="side of the square crop in pixels")
-    p.add_argument("--fps", type=float, default=60.0, help="model rate of the audio stages (tracks are resampled)")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="fraction of the time held out at the end")
-    p.add_argument("--max_gap", type=float, default=0.5,
+    p.add_argument("--size", type=positive_int, default=512, help="side of the square crop in pixels")
+    p.add_argument("--fps", type=positive_float, default=60.0,
+                   help="model rate of the audio stages (tracks are resampled)")
+    p.add_argument("--val_fraction", type=fraction, default=0.1, help="fraction of the time held out at the end")
+    p.add_argument("--max_gap", type=non_negative_float, default=0.5,
                    help="seconds without a face that are bridged by interpolation; longer gaps split a clip")
-    p.add_argument("--min_clip", type=float, default=2.0, help="seconds: shorter runs of a tracked face are dropped")
-    p.add_argument("--min_total", type=float, default=20.0, help="seconds of tracked video needed to train")
-    p.add_argument("--candidates", type=int, nargs=4, default=None, metavar="I",
+    p.add_argument("--min_clip", type=non_negative_float, default=2.0,
+                   help="seconds: shorter runs of a tracked face are dropped")
+    p.add_argument("--min_total", type=non_negative_float, default=20.0,
+                   help="seconds of tracked video needed to train")
+    p.add_argument("--candidates", type=non_negative_int, nargs=4, default=None, metavar="I",
                    help="4 training-frame indices to use as candidate images (default: chosen automatically)")
     p.add_argument("--landmarker", type=Path, default=None,
                    help="MediaPipe face_landmarker.task (default: data/face_landmarker.task, fetched on first use)")

@@ -56,8 +56,9 @@ PROFILES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from models.evaluation.evaluate import add_metric_weight_flags, metric_weights
+    from util.argtypes import ArgumentParser
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="quickstart.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", type=str, default="fast", choices=tuple(PROFILES), help="training budget")
     p.add_argument("--id", type=str, default="example", help="identity name of the example")
     p.add_argument("--video", type=Path, default=SOURCE / "TedLieu_60s.mp4", help="the clip to learn")
@@ -105,6 +106,8 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, ti
             print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
             return ckpt
         args.append("--continue_train")
+    else:
+        args.append("--overwrite")  # --force redoes the step; without a latest checkpoint nothing can resume
     start = time.time()
     run_step(f"train {stage}", train.cli, args)
     timings[f"train_{stage}_s"] = time.time() - start
@@ -128,9 +131,10 @@ def quickstart(a: argparse.Namespace) -> None:
     """Every step of the quickstart, each skipped when its output exists."""
     import json
 
-    from datasets.identity import STAGES, IdentityFiles
+    from datasets.identity import STAGES, IdentityFiles, check_identity_name
     from models.evaluation.evaluate import demo_and_evaluate
 
+    check_identity_name(a.id)
     preprocess = _load("preprocess")
     prof = PROFILES[a.profile]
     identity = a.data_root / a.id

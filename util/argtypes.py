@@ -1,4 +1,4 @@
-"""argparse `type=` functions: a bad value becomes argparse's one-line error naming the flag.
+"""argparse `type=` functions and a parser whose errors are one line naming the flag.
 
 Every float type refuses NaN and infinity, which Python's float() accepts ("nan", "inf") and which
 would otherwise flow silently into poses, learning rates and timers.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from typing import NoReturn
 
 MAX_SEED = 2**32 - 1  # every generator the project seeds (Python, NumPy, torch) accepts 0 .. 2**32 - 1
 
@@ -46,6 +48,14 @@ def positive_float(text: str) -> float:
     return float(_at_least(text, float, 0.0, strict=True))
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    value = float(_at_least(text, float, 0.0))
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     return int(_at_least(text, int, 1))
@@ -62,3 +72,11 @@ def seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_SEED}, got {text}")
     return value
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose error is one line naming the flag (the usage block is what --help is for)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stdout.flush()
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

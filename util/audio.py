@@ -28,6 +28,8 @@ from util.errors import InputError, require_file
 SAMPLE_RATE = 16000  # LSP §1.1: every stage works on 16 kHz mono
 LOG_FLOOR = 1e-5  # LSP §1.2: clamp before the log; also the 0 point of the normalised scale
 MEL_PER_VIDEO_FRAME = 2  # LSP §1.13: two mel/APC frames per video frame
+# Compressed formats go straight to ffmpeg (-v error): libsndfile's mpg123 prints notes of its own on stderr.
+FFMPEG_FIRST = (".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm")
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ def log_mel_framewise(audio: np.ndarray, cfg: MelConfig = MelConfig()) -> np.nda
     return out
 
 
-def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
+def _decode_with_ffmpeg(path: Path, sample_rate: int, what: str = "audio file") -> np.ndarray:
     """Decode any audio/video file's first audio stream to mono float32 at `sample_rate` with ffmpeg."""
     import imageio_ffmpeg
 
@@ -186,7 +188,7 @@ def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
         reason = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise InputError(f"{path}: cannot be decoded as audio ({reason[-1] if reason else 'ffmpeg failed'})")
+        raise InputError(f"{what} {path}: cannot be decoded as audio ({reason[-1] if reason else 'ffmpeg failed'})")
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
 
 
@@ -203,9 +205,11 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, what: str = "au
     path = Path(path)
     require_file(path, what)
     try:
+        if path.suffix.lower() in FFMPEG_FIRST:
+            raise RuntimeError("decoded by ffmpeg")
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError):
-        audio = _decode_with_ffmpeg(path, sample_rate)
+        audio = _decode_with_ffmpeg(path, sample_rate, what)
     else:
         audio = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
         if rate != sample_rate and audio.size:

@@ -26,6 +26,7 @@ from util.io import atomic_write
 
 FORMAT = "lsp-network/1"
 PENDING = ".new"  # suffix of a checkpoint's files until the whole checkpoint is written
+MAX_REASON = 200  # characters of a library's own error message quoted in ours
 C = TypeVar("C")
 _NETWORK_FILE = re.compile(r"^(?P<label>.+)_net_(?P<network>[A-Za-z0-9]+)\.pth$")
 
@@ -139,8 +140,11 @@ def load_file(path: str | Path, what: str, mmap: bool = False) -> Any:
     require_file(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise InputError(f"{what} {path}: cannot be read as a torch checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # torch raises many types for corrupt, truncated, foreign or pickled-code files
+        reason = " ".join(str(err).split())
+        reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + " ..."
+        raise InputError(f"{what} {path}: cannot be read as a checkpoint of this project ({type(err).__name__}: "
+                         f"{reason})") from err
 
 
 def _strip_common_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -216,7 +220,10 @@ def load_network(path: str | Path, network: str, net_cls: type[nn.Module], confi
             config = config_cls(**cfg)
         except TypeError as err:
             raise InputError(f"{what} {path}: config does not fit {config_cls.__name__} ({err})") from err
-    net = net_cls(config)
+    try:
+        net = net_cls(config)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as err:
+        raise InputError(f"{what} {path}: its network config is impossible ({err}): {config}") from err
     try:
         load_strict(net, state, path, what, optional_prefixes)
     except InputError as err:

@@ -11,6 +11,8 @@ import errno
 import json
 import os
 import secrets
+import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +61,27 @@ def is_disk_full(err: BaseException) -> bool:
     return False
 
 
+def prepare_output_dir(folder: Path, flag: str, overwrite: bool) -> Path:
+    """Make `folder` ready for a run's outputs: a writable folder, empty unless `overwrite`; temporary files
+    a killed run left there are removed; a user's file in the way is an error, never replaced."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag}: {folder} is a file, not a results folder; it is left as it is, choose another "
+                         f"{flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{flag}: cannot create {folder} ({err.strerror or err})") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{flag}: {folder} is not writable")
+    for stale in [p for p in folder.iterdir() if is_temporary(p)]:
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    if any(folder.iterdir()) and not overwrite:
+        raise InputError(f"results folder {folder} already exists; pass --overwrite to replace the files this run "
+                         f"makes in it, or choose another {flag}")
+    return folder
+
+
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     """np.save, atomically."""
     with atomic_write(path) as tmp:
@@ -103,7 +126,7 @@ def load_npz(path: str | Path, what: str, keys: tuple[str, ...] = (), hint: str 
             if missing:
                 raise InputError(f"{what} {path}: missing arrays {', '.join(missing)} (has {', '.join(data.files)})")
             return {k: np.asarray(data[k]) for k in data.files}
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise InputError(f"{what} {path}: cannot be read as an .npz archive of numbers ({err})") from err
 
 

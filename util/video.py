@@ -6,8 +6,11 @@ output. Everything is written to a temporary name and renamed when ffmpeg succee
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from util.io import atomic_write, temporary_path
 CRF = 18  # x264 quality: visually lossless for talking heads
 PRESET = "veryfast"
 AUDIO_BITRATE = "128k"
+TRUNCATION_SLACK = 2  # frames a container's frame count may overstate before a video counts as truncated
 
 
 def ffmpeg_exe() -> str:
@@ -59,7 +63,7 @@ class VideoWriter:
         try:
             self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
         except BrokenPipeError as err:
-            raise RuntimeError(f"ffmpeg stopped while writing {self.path}: {self._stderr()}") from err
+            raise _ffmpeg_error(f"ffmpeg stopped while writing {self.path}", self._stderr()) from err
         self.frames += 1
 
     def _stderr(self) -> str:
@@ -73,7 +77,7 @@ class VideoWriter:
                 self._proc.stdin.close()
             err = self._stderr()
             if self._proc.returncode != 0:
-                raise RuntimeError(f"ffmpeg failed writing {self.path}: {err}")
+                raise _ffmpeg_error(f"ffmpeg failed writing {self.path}", err)
             os.replace(self._tmp, self.path)
         finally:
             if self._wav is not None:
@@ -97,6 +101,13 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def _ffmpeg_error(what: str, stderr: str) -> Exception:
+    """ffmpeg's failure as an exception: OSError(ENOSPC) for a full disk, so the CLIs say so in one line."""
+    if "No space left on device" in stderr:
+        return OSError(errno.ENOSPC, f"{what}: no space left on device")
+    return RuntimeError(f"{what}: {stderr}")
 
 
 def probe(path: str | Path) -> dict:
@@ -141,16 +152,21 @@ class VideoReader:
         self.num_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))  # an estimate for some containers
         self.height, self.width = first.shape[:2]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[np.ndarray]:
         import cv2
 
-        frame = self._first
+        frame, read = self._first, 0
         while frame is not None:
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            read += 1
             ok, frame = self._cap.read()
             if not ok:
                 frame = None
         self._cap.release()
+        if read < self.num_frames - TRUNCATION_SLACK:
+            logging.getLogger("lsp").warning(
+                "video %s: read %d frames, but its container claims %d; the file looks truncated, going on with "
+                "what could be read", self.path, read, self.num_frames)
 
     def close(self) -> None:
         self._cap.release()
@@ -177,6 +193,6 @@ def mux_audio(video: str | Path, audio: np.ndarray, sample_rate: int) -> None:
                    "-c:a", "aac", "-b:a", AUDIO_BITRATE, "-shortest", "-movflags", "+faststart", str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise RuntimeError(f"ffmpeg failed adding audio to {video}: {proc.stderr.strip()[-300:]}")
+                raise _ffmpeg_error(f"ffmpeg failed adding audio to {video}", proc.stderr.strip()[-300:])
     finally:
         wav.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,7 @@ class FaceTracker:
     """
 
     def __init__(self, model: Path, fps: float) -> None:
+        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's own INFO/WARNING lines would bury ours
         from mediapipe.tasks import python as mp_tasks
         from mediapipe.tasks.python import vision
 

@@ -32,7 +32,7 @@ from models.runtime import PortraitPipeline
 from util.audio import SAMPLE_RATE, load_audio
 from util.checkpoint import load_file, split_network_path, state_path
 from util.errors import InputError
-from util.io import atomic_write, load_npz, write_json
+from util.io import atomic_write, load_npz, prepare_output_dir, write_json
 from util.landmarks import face_width, mouth_opening
 from util.video import VideoReader
 
@@ -226,7 +226,7 @@ def demo_and_evaluate(identity: str, data_root: Path, config_dir: Path, results_
         raise InputError(f"identity folder not found: {files.root} (make it with scripts/preprocess.py)")
     if not files.clips("val"):
         raise InputError(f"{files.split_list('val')}: no held-out clip to evaluate on (made by scripts/preprocess.py)")
-    out = results_dir / identity
+    out = prepare_output_dir(results_dir / identity, "--results_dir", overwrite=True)
     tail = out / "heldout_tail.wav"  # the held-out tail's own speech, under a name the results can carry
     with atomic_write(tail) as tmp:
         shutil.copyfile(files.clip(files.clips("val")[0]).audio, tmp)
