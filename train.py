@@ -139,9 +139,7 @@ def main(opt: argparse.Namespace) -> dict:
                 if total_iters % (every or opt.display_freq) == 0:
                     with torch.no_grad():
                         model.compute_visuals()
-                    visualizer.display_current_results(model.get_current_visuals(), epoch, total_iters,
-                                                       save_html=every is not None
-                                                       or total_iters % opt.update_html_freq < opt.display_freq)
+                    visualizer.display_current_results(model.get_current_visuals(), epoch, total_iters)
                 if total_iters % opt.save_latest_freq == 0:
                     last_saved = save("latest", epoch, epoch_iter)
                     if opt.save_by_iter:

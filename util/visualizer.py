@@ -72,6 +72,7 @@ class Visualizer:
         self.save_dir = Path(opt.checkpoints_dir) / opt.name
         self.web_dir = self.save_dir / "web"
         self.tb = self.vis = None
+        self.last_html: int | None = None  # iteration of the last HTML page update
         if not enabled:
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -122,10 +123,9 @@ class Visualizer:
             for k, v in values.items():
                 self.tb.add_scalar(f"{group}/{k}", v, total_iters)
 
-    def display_current_results(self, visuals: dict[str, torch.Tensor], epoch: int, total_iters: int,
-                                save_html: bool = True) -> None:
-        """Visuals to TensorBoard and visdom, and with `save_html` to the HTML page
-        (<checkpoints>/<name>/web/index.html)."""
+    def display_current_results(self, visuals: dict[str, torch.Tensor], epoch: int, total_iters: int) -> None:
+        """Visuals to TensorBoard and visdom, and to the HTML page (<checkpoints>/<name>/web/index.html) at
+        the first display and then at most every --update_html_freq iterations (every time with --debug)."""
         if not self.enabled:
             return
         images = {k: tensor_to_image(v) for k, v in visuals.items()}
@@ -135,8 +135,10 @@ class Visualizer:
         if self.vis is not None:
             for i, (k, im) in enumerate(images.items()):
                 self.vis.image(im.transpose(2, 0, 1), win=self.opt.display_id + i, opts={"title": k})
-        if getattr(self.opt, "no_html", False) or not save_html:
+        freq = 1 if getattr(self.opt, "debug", False) else getattr(self.opt, "update_html_freq", 1)
+        if getattr(self.opt, "no_html", False) or (self.last_html is not None and total_iters - self.last_html < freq):
             return
+        self.last_html = total_iters
         page = HTML(self.web_dir, f"Experiment name = {self.opt.name}", refresh=0)
         for k, im in images.items():
             cv2.imwrite(str(page.img_dir / f"epoch{epoch:03d}_{k}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
