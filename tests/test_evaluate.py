@@ -133,6 +133,10 @@ def test_quickstart_tiny_profile(tmp_path, landmarker):
                   metrics["speed"]["render_fps"], metrics["renderer"]["lpips_alex"]):
         assert math.isfinite(value)
     assert "LPIPS" not in metrics["skipped_metrics"] and "renderer LPIPS" in report
+    for key in ("sync_offset_ms_real", "sync_confidence_real", "mouth_psnr", "mouth_sharpness_ours"):
+        assert math.isfinite(metrics[key]), key  # lipsync.py's measure (ours may be NaN untrained)
+    assert {"sync_offset_ms_ours", "silence_opening_real", "silence_opening_ours"} <= set(metrics)
+    assert "A/V offset, own measure" in report
     assert (out / "eng_12s" / "eng_12s.mp4").is_file() and (out / "side_by_side.mp4").is_file()
     trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")}
     meta = tmp_path / "data" / "example" / "meta.json"

@@ -5,6 +5,8 @@
   correlation of mouth opening over time;
 * end to end: the rendered video is tracked with the same face tracker and its mouth compared with
   the real tracks, so lip sync is measured on pixels, not only on our own landmarks;
+* lip sync without weights (lipsync.py): audio-visual offset and confidence, mouth opening in
+  silence, mouth-crop PSNR and sharpness, real vs ours;
 * head pose: statistics of sampled poses against the real ones;
 * speed: frames/s of each inference stage in this run.
 Metrics that need weights we cannot obtain here are listed as skipped: FID always, SyncNet LSE-C/D and
@@ -14,6 +16,7 @@ LPIPS unless their weight files are given.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shutil
 import time
@@ -26,7 +29,8 @@ import torch
 
 from datasets.identity import STAGES, ClipFiles, IdentityFiles, config_path
 from datasets.preprocessing.tracker import track_frames
-from datasets.preprocessing.tracks import filled_geometry, resample
+from datasets.preprocessing.tracks import Geometry, filled_geometry, resample
+from models.evaluation import lipsync
 from models.evaluation import metrics as M
 from models.runtime import PortraitPipeline
 from util.audio import SAMPLE_RATE, load_audio
@@ -61,7 +65,8 @@ def renderer_fidelity(pipe: PortraitPipeline, clip: ClipFiles, tracks: dict, bat
         for j, fake, fmap in zip(sel, fakes, maps):
             real = cv2.cvtColor(cv2.imread(str(clip.frame(j))), cv2.COLOR_BGR2RGB)
             scores.append((M.psnr(fake, real), M.ssim(fake, real),
-                           lpips.distance(fake, real) if lpips is not None else np.nan))
+                           lpips.distance(fake, real) if lpips is not None else np.nan,
+                           *lipsync.mouth_crop_scores(fake, real, tracks["pts2d"][j])))
             if len(samples) < 4 and j % max(1, len(idx) // 4) == 0:
                 samples.append(np.concatenate([real, fake, np.repeat(fmap[..., None], 3, 2)], 1))
     s = np.array(scores)
@@ -69,6 +74,7 @@ def renderer_fidelity(pipe: PortraitPipeline, clip: ClipFiles, tracks: dict, bat
            "render_ms_per_frame": 1000 * float(np.median(times))}
     if lpips is not None:
         out["lpips_alex"] = float(s[:, 2].mean())
+    out.update(lipsync.summarize_mouth_scores(s[:, 3:6]))
     return out, samples
 
 
@@ -85,13 +91,42 @@ def lip_sync_scores(ckpt: Path, clip: ClipFiles, src: dict, audio: np.ndarray, r
             "ours_other_speaker": score_video(net, out_dir / stem / f"{stem}.mp4", other)}
 
 
-def track_video(path: Path) -> tuple[np.ndarray, float]:
-    """Pose-free landmarks (N, 73, 3) of a rendered video, tracked with the preprocessing tracker."""
+def track_video(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
+    """Pose-free landmarks (N, 73, 3) of a video, tracked with the preprocessing tracker."""
+    geo, fps = track_geometry(path, max_seconds)
+    return (geo.pts3d if geo is not None else np.zeros((0, 73, 3))), fps
+
+
+def track_geometry(path: Path, max_seconds: float | None = None) -> tuple[Geometry | None, float]:
+    """LSP tracks of a video (its first `max_seconds` when given), gaps filled; None when no face is found."""
     reader = VideoReader(path)
-    track = track_frames(reader, reader.fps, total=reader.num_frames, desc=f"track {path.name}")
+    limit = reader.num_frames if max_seconds is None else min(reader.num_frames, round(max_seconds * reader.fps))
+    frames = itertools.islice(reader, limit) if max_seconds is not None else reader
+    track = track_frames(frames, reader.fps, total=limit, desc=f"track {path.name}")
+    reader.close()
     if not track.valid.any():
-        return np.zeros((0, 73, 3)), reader.fps
-    return filled_geometry(track.landmarks, track.matrices, track.valid, reader.width, reader.height).pts3d, reader.fps
+        return None, reader.fps
+    return filled_geometry(track.landmarks, track.matrices, track.valid, reader.width, reader.height), reader.fps
+
+
+def sync_from_video(path: Path, audio: np.ndarray, max_seconds: float | None = None) -> lipsync.SyncResult:
+    """Audio-visual offset of a video's tracked mouth opening against `audio` (16 kHz mono, from time 0)."""
+    pts, fps = track_video(path, max_seconds)
+    if not len(pts):
+        raise InputError(f"{path}: no face found, so its lip sync cannot be measured")
+    return lipsync.sync_offset(mouth_opening(pts), audio, fps)
+
+
+def lipsync_metrics(src: dict, tracked: np.ndarray, tracked_fps: float, audio: np.ndarray,
+                    fidelity: dict) -> dict[str, float]:
+    """The metrics.json lip-sync keys: offset, confidence and opening in silence of the real held-out
+    clip (its tracks at the source rate) and of our rendered video (re-tracked), and the renderer's
+    mouth-crop PSNR / sharpness, moved out of `fidelity` to the top level."""
+    out = {k: fidelity.pop(k) for k in lipsync.MOUTH_METRICS}
+    for label, pts, fps in (("real", src["pts3d"], float(src["fps"])), ("ours", tracked, tracked_fps)):
+        scale = float(face_width(pts).mean()) if len(pts) else float("nan")
+        out.update(lipsync.sync_and_silence(mouth_opening(pts), audio, fps, scale, label))
+    return out
 
 
 def mouth_scores(pred: np.ndarray, real: np.ndarray, px_per_unit: float) -> dict:
@@ -149,8 +184,9 @@ def evaluate_identity(pipe: PortraitPipeline, identity: str, out_dir: Path, driv
              "render_fps": 1000 / fidelity["render_ms_per_frame"]}
     results["audio_to_mouth"] = mouth_scores(pred.face3d, real["pts3d"], px_per_unit)
     rendered = out_dir / driving["heldout"].stem / f"{driving['heldout'].stem}.mp4"
-    tracked, _ = track_video(rendered)
+    tracked, rendered_fps = track_video(rendered)
     results["end_to_end"] = mouth_scores(tracked, real["pts3d"], px_per_unit) if len(tracked) else {}
+    results.update(lipsync_metrics(src, tracked, rendered_fps, audio, fidelity))
     results["head_pose"] = {"sampled": M.pose_statistics(pred.rotation, pred.translation, pipe.fps),
                             "real": M.pose_statistics(real["rot"], real["trans"], pipe.fps)}
     env = audio_envelope(audio, pipe.fps, pred.n_frames)

@@ -122,6 +122,7 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
             if key in r.get("lip_sync", {}):
                 rows.append((f"LSE-D / LSE-C (SyncNet): {label}",
                              f"{_fmt(r['lip_sync'][key]['lse_d'])} / {_fmt(r['lip_sync'][key]['lse_c'])}"))
+        rows += _lipsync_rows(r)
         rows += [("mouth opening vs loudness: predicted / real", f"{_fmt(r['mouth_vs_loudness']['predicted'])} / "
                   f"{_fmt(r['mouth_vs_loudness']['real'])}"),
                  ("head rotation std (deg): sampled", _fmt(r["head_pose"]["sampled"]["rot_std_deg"])),
@@ -146,6 +147,19 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
     path = out_dir / "report.html"
     write_text(path, doc.render())
     return path
+
+
+def _lipsync_rows(r: dict) -> list[tuple[str, str]]:
+    """Rows of the weight-free lip-sync measure (lipsync.py), when metrics.json has them."""
+    pairs = (("A/V offset, own measure (ms, + = mouth after sound): real / ours", "sync_offset_ms"),
+             ("A/V sync confidence, own measure: real / ours", "sync_confidence"),
+             ("mouth opening in silence (x face width): real / ours", "silence_opening"),
+             ("mouth-crop sharpness (gradient energy), renderer: real / ours", "mouth_sharpness"))
+    rows = [(label, f"{_fmt(r[f'{key}_real'])} / {_fmt(r[f'{key}_ours'])}") for label, key in pairs
+            if f"{key}_real" in r]
+    if "mouth_psnr" in r:
+        rows.append(("mouth-crop PSNR (dB), renderer, tracked landmarks in", _fmt(r["mouth_psnr"])))
+    return rows
 
 
 def _fmt_training(training: dict) -> str:
