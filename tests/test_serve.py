@@ -1,0 +1,314 @@
+"""The live server: playout clock, frame codes, shared renderer, a slow renderer staying live, security,
+uploads, bad input, 50 connect/disconnect cycles, and end to end in a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from conftest import FIXTURES, load_script
+
+from models.live import browser as live_browser
+from models.live.connection import SessionWorker
+from models.live.identities import IdentityPool
+from models.live.playout import OutFrame, Playout
+from models.live.render import SharedRenderer
+from models.live.runtime import SessionSettings
+from models.live.server import BackgroundServer, ServerConfig
+from models.live.tracks import CODE_ROWS, compose, read_code
+from util.synthetic import make_identity
+
+SR = 16000
+MOUTH_GAIN = 1000  # the random-weight mouth moves ~1/1000 px; this makes its speech-driven motion visible
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny random-weight identity whose mouth visibly follows the audio and whose head stays still."""
+    root = tmp_path_factory.mktemp("project")
+    config = make_identity(root, "tiny", size=64) / "tiny.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model_params"]["Audio2Mouth"]["AMP"] = ["XYZ", MOUTH_GAIN, MOUTH_GAIN, MOUTH_GAIN]
+    cfg["model_params"]["Headpose"]["AMP"] = [0, 0]
+    config.write_text(yaml.safe_dump(cfg))
+    return root
+
+
+@pytest.fixture(scope="module")
+def speech():
+    audio, _ = sf.read(FIXTURES / "speech_3s.wav", dtype="float32")
+    return audio
+
+
+class FeatureMapRenderer:
+    """Shows the feature map (the line drawing of the predicted landmarks) as the frame: unlike a
+    random-weight generator, its mouth region follows the mouth landmarks exactly."""
+
+    def __init__(self, inner, delay: float = 0.0):
+        self.inner, self.delay, self.size = inner, delay, inner.size
+
+    def feature_maps(self, face2d, shoulders2d):
+        return self.inner.feature_maps(face2d, shoulders2d)
+
+    def warm_up(self, batch_size=1):
+        pass
+
+    def __call__(self, maps):
+        time.sleep(self.delay * len(maps))
+        return np.repeat(maps[..., None], 3, axis=3)
+
+
+def pool_for(project, delay: float = 0.0) -> IdentityPool:
+    return IdentityPool(project / "config", "cpu", "torch", lambda r: FeatureMapRenderer(r, delay))
+
+
+# --- the playout clock ------------------------------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def feed(playout: Playout, seconds: float, level: float = 0.1, start: float = 0.0) -> None:
+    for k in range(round(seconds / 0.02)):
+        playout.add_audio(np.full(320, level, np.float32), start + 0.02 * (k + 1))
+
+
+def frame(start_s: float, ready: float) -> OutFrame:
+    s = round(start_s * SR)
+    return OutFrame(0, 0, np.zeros((4, 4, 3), np.uint8), s, s + SR // 60, ready)
+
+
+def test_playout_sends_sound_and_picture_of_the_same_moment_together():
+    clock = Clock()
+    p = Playout(SR, delay=0.4, max_delay=2.0, clock=clock)
+    feed(p, 1.0)
+    due, packet = p.next_audio()
+    assert due == pytest.approx(0.02 + 0.4) and len(packet) == 320
+    assert p.audio_sent(due) == 0 and p.audio_sent(due + 0.02) == 320
+    p.add_frame(frame(0.5, ready=0.7))  # ready in time
+    assert p.next_frame_due() == pytest.approx(0.52 + 0.4)  # its window's first sample arrived at 0.52
+    clock.t = 0.92
+    rel = p.release_frame()
+    assert rel.late == 0 and rel.pts_seconds == pytest.approx(0.5)  # the audio timeline has no silence in it
+    assert p.stamp(100) is None  # a file or a source without RTP timestamps
+
+
+def test_playout_grows_at_once_when_frames_are_late_and_shrinks_only_in_silence():
+    clock = Clock()
+    p = Playout(SR, delay=0.3, max_delay=1.0, clock=clock)
+    feed(p, 2.0, level=0.1)
+    for k in range(10):  # frames need 0.5 s from their audio's arrival
+        p.add_frame(frame(0.1 * k, ready=0.02 * (5 * k + 1) + 0.5))
+    assert p.delay >= 0.5 and p.delay == pytest.approx(0.3 + p.inserted * 0.02)
+    silence = [p.next_audio() for _ in range(1)][0][1]
+    assert not silence.any() and p.audio_sent(0.0) == 0  # the gap is filled with silence packets...
+    for _ in range(p.inserted - 1):
+        p.audio_sent(0.0)
+    assert p.next_audio()[1].mean() == pytest.approx(0.1)  # ...then the speech continues, nothing lost
+    before = p.delay
+    for _ in range(20):  # loud speech is never dropped, even with a delay now larger than needed
+        p.readiness.extend([0.1] * 20)
+        p.audio_sent(p.next_audio()[0])
+    assert p.delay == before and p.dropped == 0
+    feed(p, 1.0, level=0.0, start=2.0)  # silence: quiet packets go until the delay fits the need again
+    while p.next_audio()[1] is not None and p.delay > 0.15:
+        p.audio_sent(p.next_audio()[0])
+    assert p.dropped > 0 and p.delay <= 0.1 + 0.01 + 0.04 + 1e-9
+
+
+# --- the frame code ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("seq", [0, 1, 777, 4095, 4096 + 5])
+def test_frame_code_survives_lossy_compression(seq):
+    rgb = np.random.default_rng(seq).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    img = compose(rgb, seq, scale=4)
+    assert img.shape == (256 + CODE_ROWS, 256, 3)
+    ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 30])
+    decoded = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
+    assert read_code(decoded[256:]) == seq % 4096
+    broken = img[256:].copy()
+    broken[:, :16] = 255 - broken[:, :16]  # one block flipped: the check refuses it
+    assert read_code(broken) is None
+
+
+# --- the shared renderer ----------------------------------------------------------------------------
+def test_shared_renderer_batches_what_is_due_together_and_returns_each_its_frames():
+    calls = []
+
+    class Recorder:
+        size = (8, 8)
+
+        def warm_up(self, batch_size=1):
+            pass
+
+        def __call__(self, maps):
+            calls.append(len(maps))
+            time.sleep(0.05)
+            return np.repeat(maps[..., None], 3, axis=3)
+
+    shared = SharedRenderer(Recorder())
+    calls.clear()
+    results = {}
+
+    def session(k):
+        maps = np.full((1, 8, 8), k, np.uint8)
+        results[k] = shared.proxy()(maps)
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shared.close()
+    assert all((results[k] == k).all() and results[k].shape == (1, 8, 8, 3) for k in range(6))
+    assert sum(calls) == 6 and max(calls) > 1  # those waiting together went through in one call
+
+
+# --- a renderer that cannot keep up -----------------------------------------------------------------
+def test_a_slow_renderer_skips_frames_and_latency_stays_bounded(project, speech):
+    """A 0.25 s/frame renderer at 30 fps (7.5x too slow): frames are skipped, and the readiness of the
+    frames sent (audio arrival -> frame ready) stays under lookahead + max_lag + hop + two renders (the
+    one in progress when the frame's audio comes, and its own) + margin, no higher at the end of the
+    session than at its start."""
+    pool = pool_for(project, delay=0.25)
+    loaded = pool.load("tiny")
+    settings = SessionSettings(frame_step=2, max_lag_ms=150)
+    session = loaded.open_session(settings)
+    frames, lock = [], threading.Lock()
+
+    def deliver(out, final):
+        with lock:
+            frames.extend(out)
+
+    worker = SessionWorker(session, loaded.pipe.fps, SR, 1, deliver, print, "slow")
+    audio, arrivals, start = np.tile(speech, 3)[: 8 * SR], [], time.perf_counter()
+    for i in range(0, len(audio), 320):  # a live source: 20 ms chunks at their real times
+        time.sleep(max(0.0, start + (i + 320) / SR - time.perf_counter()))
+        arrivals.append(time.perf_counter())
+        worker.feed(audio[i : i + 320])
+    time.sleep(0.5)
+    worker.stop()
+    pool.close()
+    ready = np.array([f.ready - arrivals[min(len(arrivals) - 1, (f.end - 1) // 320)] for f in frames])
+    bound = session.lookahead / 60 + 0.15 + 0.05 + 2 * 0.25 + 0.1
+    assert worker.skipped > len(frames) and len(frames) >= 15
+    assert ready.max() < bound, (ready.max(), bound)
+    half = len(ready) // 2
+    assert np.percentile(ready[half:], 90) < np.percentile(ready[:half], 90) + 0.1
+
+
+# --- HTTP: security, uploads, bad names ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pool(project):
+    pool = pool_for(project)
+    pool.load("tiny")
+    yield pool
+    pool.close()
+
+
+def call(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
+    """(status, JSON body or {}, headers) of a GET, or of a POST when `data` is given."""
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, raw, head = r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as err:
+        status, raw, head = err.code, err.read(), dict(err.headers)
+    body = json.loads(raw) if head.get("Content-Type", "").startswith("application/json") else {}
+    return status, body, head
+
+
+def test_a_server_off_loopback_refuses_requests_without_its_token(pool):
+    with BackgroundServer(ServerConfig("tiny", host="0.0.0.0", port=0), pool) as bg:
+        token, base = bg.server.token, bg.url.split("?")[0]
+        assert token and f"?token={token}" in bg.url
+        assert call(base + "api/stats")[0] == 401
+        assert call(base + "api/stats?token=wrong")[0] == 401
+        assert call(base + "api/stats", headers={"X-Token": "wrong"})[0] == 401
+        status, body, headers = call(bg.url)
+        assert status == 200 and "lsp_token=" in headers.get("Set-Cookie", "")
+        assert call(base + "api/stats", headers={"X-Token": token})[0] == 200
+        assert call(base + "app.js", headers={"Cookie": f"lsp_token={token}"})[0] == 200
+        status, body, _ = call(base + "api/offer", b"{}")
+        assert status == 401 and "token" in body["error"]
+
+
+def test_a_loopback_server_refuses_other_host_names_and_cross_site_posts(pool):
+    with BackgroundServer(ServerConfig("tiny", port=0), pool) as bg:
+        assert bg.server.token is None
+        assert call(bg.url + "api/stats")[0] == 200
+        assert call(bg.url + "api/stats", headers={"Host": "evil.example:80"})[0] == 403  # DNS rebinding
+        status, body, _ = call(bg.url + "api/offer", b"{}", {"Origin": "http://evil.example"})
+        assert status == 403 and "other sites" in body["error"]
+
+
+def test_uploads_are_size_limited_decoded_safely_and_leave_no_files(pool, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with BackgroundServer(ServerConfig("tiny", port=0, max_upload_mb=0.05), pool) as bg:
+        status, body, _ = call(bg.url + "api/upload?name=big.wav", b"\0" * 60_000)
+        assert status == 413 and "--max_upload_mb 0.05" in body["error"]
+        status, body, _ = call(bg.url + "api/upload?name=notes.wav", b"this is not audio" * 100)
+        assert status == 400 and body["error"].startswith("uploaded file 'notes.wav'") and "decode" in body["error"]
+        status, body, _ = call(bg.url + "api/upload?name=../../etc/x.wav", (FIXTURES / "speech_3s.wav").read_bytes()[:40000])
+        assert status == 200 and body["seconds"] > 1  # the name is never a path: nothing is written by it
+        status, body, _ = call(bg.url + "api/offer", json.dumps({"sdp": "v=0", "type": "offer", "identity": "tiny",
+                                                                 "upload": "nope"}).encode())
+        assert status == 400 and "choose it again" in body["error"]
+        assert call(bg.url + "api/stats")[0] == 200  # still serving
+    assert not list(tmp_path.glob("lsp-upload-*")) and not list(tmp_path.parent.glob("etc"))
+
+
+@pytest.mark.parametrize("name", ["../tiny", "tiny/../../x", ".hidden", "a b", "nobody"])
+def test_identity_names_cannot_leave_the_config_folder(pool, name):
+    with BackgroundServer(ServerConfig("tiny", port=0), pool) as bg:
+        offer = json.dumps({"sdp": "v=0", "type": "offer", "identity": name}).encode()
+        status, body, _ = call(bg.url + "api/offer", offer)
+        assert status == 400 and ("identity" in body["error"]), body
+        assert call(bg.url + "api/identities")[1]["identities"] == ["tiny"]
+
+
+# --- serve.py: one-line errors ----------------------------------------------------------------------
+def serve(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = load_script("serve").main(list(args))
+    errors = [line for line in err.getvalue().splitlines() if line.startswith("serve.py:")]  # not the log lines
+    return code, "\n".join(errors)
+
+
+def test_serve_explains_bad_input_in_one_line(project, tmp_path):
+    cfg = ["--config_dir", str(project / "config")]
+    code, msg = serve("--id", "nobody", *cfg)
+    assert code == 2 and "--id nobody" in msg and len(msg.splitlines()) == 1
+    code, msg = serve("--id", "tiny", "--device", "cuda", *cfg)
+    assert code == 2 and "--device cuda" in msg and len(msg.splitlines()) == 1
+    code, msg = serve("--id", "tiny", "--backend", "onnx", *cfg)
+    assert code == 2 and "ONNX renderer" in msg and ".onnx" in msg and len(msg.splitlines()) == 1
+    untrained = tmp_path / "project"
+    make_identity(untrained, "fresh", size=64)
+    (untrained / "data" / "fresh" / "checkpoints" / "Audio2Feature.pth").unlink()
+    code, msg = serve("--id", "fresh", "--config_dir", str(untrained / "config"))
+    assert code == 2 and "Audio2Feature.pth" in msg and len(msg.splitlines()) == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, msg = serve("--id", "tiny", "--port", str(port), *cfg)
+    assert code == 2 and f"--port {port}" in msg and "in use" in msg and len(msg.splitlines()) == 1
