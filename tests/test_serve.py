@@ -312,3 +312,173 @@ def test_serve_explains_bad_input_in_one_line(project, tmp_path):
         port = busy.getsockname()[1]
         code, msg = serve("--id", "tiny", "--port", str(port), *cfg)
     assert code == 2 and f"--port {port}" in msg and "in use" in msg and len(msg.splitlines()) == 1
+
+
+# --- connect / disconnect cycles (a Python WebRTC client: many cycles cost little) ----------------------
+def resources() -> tuple[int, float]:
+    """(native threads, resident MB) of this process, which runs the server too."""
+    import gc
+    import os
+
+    gc.collect()
+    rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    return len(os.listdir("/proc/self/task")), rss / 1024
+
+
+async def viewer_cycle(base: str, stop: bool = True, alive: float = 0.0) -> None:
+    """Connect with a silent microphone, wait for the first frame, keep `alive` seconds (with heartbeats),
+    then stop, or vanish without a word (no stop, no close) when not `stop`."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import AudioStreamTrack
+
+    pc = RTCPeerConnection()
+    first = asyncio.Event()
+    channel = pc.createDataChannel("lsp")
+    channel.on("message", lambda m: json.loads(m)["type"] == "frame" and first.set())
+    pc.addTrack(AudioStreamTrack())
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = json.dumps({"sdp": pc.localDescription.sdp, "type": "offer", "identity": "tiny"}).encode()
+    status, answer, _ = await asyncio.get_running_loop().run_in_executor(None, call, base + "api/offer", offer)
+    assert status == 200, answer
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    await asyncio.wait_for(first.wait(), 30)
+    for _ in range(round(alive / 0.5)):
+        channel.send(json.dumps({"type": "ping", "t": 0}))
+        await asyncio.sleep(0.5)
+    if not stop:
+        return  # the event loop ends under the connection, as when a browser crashes
+    await asyncio.get_running_loop().run_in_executor(None, call, base + f"api/sessions/{answer['session']}/stop", b"")
+    await pc.close()
+
+
+def test_fifty_connect_disconnect_cycles_leave_threads_and_memory_flat(pool):
+    with BackgroundServer(ServerConfig("tiny", port=0, max_sessions=1), pool) as bg:
+        counts = []
+        for k in range(50):
+            asyncio.run(viewer_cycle(bg.url))
+            if k in (9, 49):
+                deadline = time.monotonic() + 10
+                while bg.call(lambda: len(bg.server.sessions)) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                counts.append(resources())
+        stats = bg.call(bg.server.stats)
+    (threads10, rss10), (threads50, rss50) = counts
+    assert stats["sessions"] == 0 and stats["ended_sessions"] == 50
+    assert threads50 <= threads10, counts
+    assert rss50 - rss10 < 40, counts  # MB over 40 cycles: no session's memory is kept
+
+
+def test_a_viewer_that_vanishes_is_dropped(pool):
+    with BackgroundServer(ServerConfig("tiny", port=0, idle_timeout=1.5), pool) as bg:
+        asyncio.run(viewer_cycle(bg.url, stop=False, alive=3.0))  # heartbeats keep it 3 s, then it is gone
+        assert bg.call(lambda: len(bg.server.sessions)) == 1
+        vanished = time.monotonic()
+        while bg.call(lambda: len(bg.server.sessions)) and time.monotonic() < vanished + 10:
+            time.sleep(0.1)
+        assert bg.call(bg.server.stats)["ended_sessions"] == 1 and time.monotonic() - vanished < 1.5 + 1.5
+
+
+# --- in a real browser --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live(project):
+    """A server for the browser tests: 30 fps, one session at a time, quick to drop silent viewers."""
+    reason = live_browser.unavailable()
+    if reason:
+        pytest.skip(reason)
+    pool = pool_for(project)
+    config = ServerConfig("tiny", project / "config", port=0, max_sessions=1, idle_timeout=2.0, max_upload_mb=0.5,
+                          session=SessionSettings(frame_step=2))
+    with BackgroundServer(config, pool) as bg:
+        yield bg
+    pool.close()
+
+
+def wait_sessions(bg, n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while bg.call(lambda: len(bg.server.sessions)) != n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert bg.call(lambda: len(bg.server.sessions)) == n
+
+
+def mouth_box(project) -> tuple[slice, slice]:
+    """Rows and columns of the identity's mouth in a 64 x 64 frame, from an offline run on silence."""
+    from models.live.runtime import load_pipeline
+
+    pipe = load_pipeline("tiny", "cpu", project / "config", "torch")
+    lips = np.median(pipe.predict(np.zeros(SR, np.float32)).face2d[:, 46:64], axis=0)
+    (x0, y0), (x1, y1) = np.floor(lips.min(0)).astype(int) - 3, np.ceil(lips.max(0)).astype(int) + 3
+    return slice(max(0, y0), y1), slice(max(0, x0), x1)
+
+
+def test_speaking_into_the_page_shows_and_plays_the_portrait(live, project, speech, tmp_path):
+    """Fake microphone: 2 s silence, 6 s speech, 3 s silence. Frames arrive and are measured from capture,
+    their mouth moves in the spoken part only, the speech comes back in sync, Stop frees the session."""
+    silence = np.zeros(2 * SR, np.float32)
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, np.concatenate([silence, speech, speech, silence, silence[:SR]]), SR, subtype="PCM_16")
+    ended = live.call(lambda: live.server.ended)
+    with live_browser.chromium(wav) as chromium:
+        viewer = live_browser.Viewer(chromium.new_page(viewport={"width": 1000, "height": 760}), live.url)
+        viewer.page.evaluate("window.lsp.capture = 600")
+        viewer.start_mic()
+        viewer.wait("window.lsp.frames > 20", 30)
+        viewer.run_for(9.5)
+        state = viewer.state()
+        viewer.page.screenshot(path=str(tmp_path / "page.png"))
+        viewer.stop()
+    wait_sessions(live, 0)
+    assert live.call(lambda: live.server.ended) == ended + 1
+    g2g, server = np.array(state["g2g"]), np.array(state["server"])
+    assert state["frames"] > 150 and state["method"] == "capture", state["frames"]
+    assert len(g2g) > 100 and np.isfinite(g2g).all() and 0 < np.median(g2g) < 3000
+    assert np.isfinite(server).all() and np.median(server) < np.median(g2g)  # the server part is a part
+    assert state["audioBytes"] > 20_000 and state["lipSync"], "no speech came back"
+    assert abs(state["lipSync"][-1][1]) <= 200 and abs(np.median(state["eptOffsets"])) <= 100, state
+    rows, cols = mouth_box(project)
+    frames = [f for f in state["captured"] if f["level"] is not None]
+    mouths = {k: np.array([np.reshape(f["gray"], (64, 64))[rows, cols] for f in frames if test(f["level"])], float)
+              for k, test in (("silent", lambda v: v < 0.002), ("spoken", lambda v: v > 0.02))}
+    assert len(mouths["silent"]) > 20 and len(mouths["spoken"]) > 40
+    rest = mouths["silent"].mean(0)
+    still, moving = (np.abs(m - rest).mean() for m in (mouths["silent"], mouths["spoken"]))
+    assert moving > 3 * still and moving > 0.5, (still, moving)  # grey levels, averaged over the mouth box
+    (tmp_path / "page.png").replace(tmp_path / "screenshot.png")
+    import os
+
+    if os.environ.get("LSP_SCREENSHOT"):
+        import shutil
+
+        shutil.copy(tmp_path / "screenshot.png", os.environ["LSP_SCREENSHOT"])
+
+
+def test_the_page_explains_refusals_and_the_server_keeps_serving(live, project, speech, tmp_path):
+    """Busy (--max_sessions 1), an oversized and an undecodable file, a tab that crashes mid-stream; then a
+    file streams to its end and stops by itself."""
+    (tmp_path / "big.wav").write_bytes(b"\0" * 600_000)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    sf.write(tmp_path / "short.wav", np.concatenate([speech[: SR * 2], np.zeros(SR // 2, np.float32)]), SR)
+    with live_browser.chromium(None) as chromium:
+        first = live_browser.Viewer(chromium.new_page(), live.url)
+        first.start_mic()
+        first.wait("window.lsp.frames > 10", 30)
+        second = live_browser.Viewer(chromium.new_page(), live.url)
+        second.start_mic()
+        second.page.wait_for_function("window.lsp.error !== null", timeout=20_000)
+        assert "busy" in second.state()["message"] and "--max_sessions" in second.state()["message"]
+        for name, expected in (("big.wav", "accepts up to 0.5 MB"), ("broken.wav", "cannot be decoded")):
+            second.start_file(tmp_path / name)
+            second.page.wait_for_function("window.lsp.error !== null", timeout=20_000)
+            assert expected in second.state()["message"], second.state()["message"]
+        assert live.call(lambda: len(live.server.sessions)) == 1
+        frames = first.state()["frames"]
+        first.run_for(1.0)
+        assert first.state()["frames"] > frames + 10  # the first viewer never noticed
+        with pytest.raises(Exception, match="ERR_ABORTED"):  # the tab's renderer dies: no goodbye, no beacon
+            first.page.goto("chrome://crash", timeout=5000)
+        wait_sessions(live, 0, timeout=2.0 + 5)  # dropped after --idle_timeout_s
+        second.start_file(tmp_path / "short.wav")
+        second.wait("window.lsp.ended", 30)
+        state = second.state()
+        assert state["frames"] > 30 and state["method"] == "server clock" and state["g2g"]
+    wait_sessions(live, 0)

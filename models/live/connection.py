@@ -233,6 +233,9 @@ class LiveConnection:
     async def _watchdog(self) -> None:
         while not self.closed:
             await asyncio.sleep(0.5)
+            if self.flushed and not self.end_sent and not self.playout.frames and not len(self.playout.buffer):
+                self.end_sent = True  # a file has been spoken to its end: every frame and sample has gone
+                self._send({"type": "end"})
             quiet = time.perf_counter() - self.last_heard
             limit = self.plan.idle_timeout if self.channel is not None else max(self.plan.idle_timeout, CONNECT_TIMEOUT)
             if quiet > limit:
@@ -291,9 +294,6 @@ class LiveConnection:
         while not self.closed:
             due = self.playout.next_frame_due()
             if due is None:
-                if self.flushed and not self.end_sent and len(self.playout.buffer) == 0:
-                    self.end_sent = True
-                    self._send({"type": "end"})
                 await self._wait("video", None)
             elif due > time.perf_counter():
                 await self._wait("video", due)
