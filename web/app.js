@@ -16,6 +16,7 @@ const KEPT = 600; // latencies kept for the figures
 // Everything the page measures; also read by the tests and the benchmark.
 const lsp = (window.lsp = {
   state: "idle", error: null, source: null, session: null, frames: 0, seqs: 0, skipped: 0, late: 0,
+  g2gCount: 0, serverCount: 0,
   g2g: [], server: [], lipSync: [], eptOffsets: [], method: null, sessions: null, audioBytes: 0, hello: null,
   capture: 0, captured: [], ended: false,
 });
@@ -206,8 +207,9 @@ function measure(seq) {
   let captured = null;
   if (msg.ts !== null && sent.length) { captured = captureTime(msg.ts); lsp.method = "capture"; }
   if (captured === null && clockOffset !== null) { captured = msg.arr - clockOffset; lsp.method = "server clock"; }
-  if (captured !== null) keep(lsp.g2g, at - captured);
+  if (captured !== null) { keep(lsp.g2g, at - captured); lsp.g2gCount += 1; }
   keep(lsp.server, msg.srv);
+  lsp.serverCount += 1;
 }
 
 function onFrame(_, meta) {
@@ -241,7 +243,7 @@ function onMessage(event) {
   if (msg.type === "frame") {
     lsp.seqs += 1;
     lsp.skipped = msg.skip;
-    lsp.late += msg.late > 0 ? 1 : 0;
+    lsp.late += msg.late > 5 ? 1 : 0; // ms after its due time: picture later than its sound
     info.set(msg.seq, msg);
     if (info.size > 256) info.delete(info.keys().next().value);
     $("level").firstElementChild.style.width = `${Math.min(100, 400 * (msg.lvl || 0))}%`;
@@ -277,8 +279,8 @@ function figures() {
     g2g_p50: percentile(lsp.g2g, 50), g2g_p95: percentile(lsp.g2g, 95),
     server_p50: percentile(lsp.server, 50), server_p95: percentile(lsp.server, 95),
     fps: shownTimes.length / 2, frames: lsp.frames, skipped: lsp.skipped,
-    av_offset_ms: lsp.lipSync.length ? lsp.lipSync[lsp.lipSync.length - 1][1] : null,
-    av_ept_ms: percentile(lsp.eptOffsets.slice(-10), 50),
+    av_offset_ms: percentile(lsp.eptOffsets.slice(-10).map(([, v]) => v), 50),
+    av_loudness_ms: lsp.lipSync.length ? lsp.lipSync[lsp.lipSync.length - 1][1] : null,
   };
 }
 
@@ -307,8 +309,9 @@ async function avOffset() {
     if (s.type === "inbound-rtp" && s.estimatedPlayoutTimestamp) ept[s.kind] = s.estimatedPlayoutTimestamp;
     if (s.type === "inbound-rtp" && s.kind === "audio") lsp.audioBytes = s.bytesReceived || 0;
   });
-  // the browser's own view: the sender-clock time of the sound playing minus that of the frame shown
-  if (ept.audio && ept.video && lsp.frames > 0) keep(lsp.eptOffsets, ept.audio - ept.video);
+  // the browser's own view: the sender-clock time of the frame shown minus that of the sound playing,
+  // i.e. how much later the sound plays than the picture of the same moment
+  if (ept.audio && ept.video && lsp.frames > 0) keep(lsp.eptOffsets, [now(), ept.video - ept.audio]);
 }
 
 async function pollSessions() {
@@ -347,6 +350,7 @@ async function uploadFile() {
 async function start(source) {
   if (pc !== null) return;
   Object.assign(lsp, { state: "starting", error: null, source, session: null, frames: 0, seqs: 0, skipped: 0,
+    g2gCount: 0, serverCount: 0,
     late: 0, g2g: [], server: [], lipSync: [], eptOffsets: [], method: null, hello: null, captured: [],
     ended: false });
   heard = []; seen = [];

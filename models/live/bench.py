@@ -30,19 +30,19 @@ class PageLog:
     seen: dict[str, int] = field(default_factory=dict)  # list lengths already read
     start: dict = field(default_factory=dict)  # counters at the end of the warm-up
 
-    def take(self, state: dict, t: float) -> None:
+    def take(self, state: dict, t: float, record: bool = True) -> None:
+        """Add what the page measured since the last call (at the first, `record=False`, only note it)."""
         for key, out in (("g2gCount", self.g2g), ("serverCount", self.server)):
             new = state[key] - self.seen.get(key, state[key])
             values = state["g2g" if key == "g2gCount" else "server"]
-            out.extend(values[len(values) - min(new, len(values)) :] if new > 0 else [])
+            out.extend(values[len(values) - min(new, len(values)) :] if new > 0 and record else [])
             self.seen[key] = state[key]
-        if state["eptOffsets"] and state["eptOffsets"][-1] != self.seen.get("ept"):
-            self.ept.append((t, state["eptOffsets"][-1]))
-            self.seen["ept"] = state["eptOffsets"][-1]
-        for at, lag in state["lipSync"]:
-            if at > self.seen.get("lip", 0):
-                self.loudness.append((t, lag))
-                self.seen["lip"] = at
+        for key, out in (("eptOffsets", self.ept), ("lipSync", self.loudness)):
+            for at, ms in state[key]:
+                if at > self.seen.get(key, 0):
+                    if record:
+                        out.append((t, ms))
+                    self.seen[key] = at
 
 
 def speech_wav(audio: Path, seconds: float, folder: Path) -> Path:
@@ -95,7 +95,7 @@ def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, sec
         begin = time.monotonic()
         for page, record in zip(pages, logs):
             state = page.state()
-            record.take(state, 0.0)
+            record.take(state, 0.0, record=False)
             record.start = {k: state[k] for k in ("frames", "skipped", "late")}
         while (elapsed := time.monotonic() - begin) < seconds:
             pages[0].page.wait_for_timeout(1000)
@@ -141,7 +141,9 @@ def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: flo
 def serve_main(args: argparse.Namespace) -> int:
     """benchmark.py --serve: run, print, write --json; one-line errors for bad input."""
     from util.errors import InputError
+    from util.log import get_logger
 
+    get_logger()
     audio = args.audio or Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "speech_3s.wav"
     try:
         if args.id is None:
