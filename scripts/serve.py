@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
     p.add_argument("--token", type=str, default=None,
                    help="access token (default: a random one when --host is not loopback, none on loopback)")
+    p.add_argument("--tls_cert", type=Path, default=None,
+                   help="certificate file (PEM): serve https, which browsers require for the microphone on any "
+                        "address but localhost (with --tls_key)")
+    p.add_argument("--tls_key", type=Path, default=None, help="the certificate's private key file (PEM)")
     p.add_argument("--max_sessions", type=positive_int, default=4, help="concurrent live sessions; more get 'busy'")
     p.add_argument("--max_upload_mb", type=non_negative_float, default=20.0, help="largest audio file accepted")
     p.add_argument("--frame_step", type=positive_int, default=1,
@@ -59,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     get_logger(level=logging.DEBUG if args.verbose else logging.INFO)
     settings = runtime.SessionSettings(args.frame_step, args.max_lag_ms or None, args.hop_ms, args.seed)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert or args.tls_key else None
     config = ServerConfig(args.id, args.config_dir, args.device, args.backend, args.host, args.port, args.token,
-                          args.max_sessions, args.max_upload_mb, args.idle_timeout_s, settings)
+                          args.max_sessions, args.max_upload_mb, args.idle_timeout_s, settings, tls)
 
     async def run() -> None:
         pool = IdentityPool(args.config_dir, args.device, args.backend)
@@ -77,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         runtime.resolve_device(args.device)
+        if tls and not (args.tls_cert and args.tls_key):
+            raise InputError("--tls_cert and --tls_key go together")
         asyncio.run(run())
     except InputError as err:
         print(f"serve.py: error: {err}", file=sys.stderr)

@@ -483,3 +483,33 @@ def test_the_page_explains_refusals_and_the_server_keeps_serving(live, project, 
         state = second.state()
         assert state["frames"] > 30 and state["method"] == "server clock" and state["g2g"]
     wait_sessions(live, 0)
+
+
+def test_https_with_a_certificate(pool, tmp_path):
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    config = ServerConfig("tiny", port=0, tls=(tmp_path / "c.pem", tmp_path / "k.pem"))
+    with BackgroundServer(config, pool) as bg:
+        assert bg.url.startswith("https://")
+        insecure = ssl.create_default_context()
+        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+        with urllib.request.urlopen(bg.url + "api/stats", context=insecure, timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["sessions"] == 0
+    code, msg = serve("--id", "tiny", "--config_dir", str(pool.config_dir), "--tls_cert", str(tmp_path / "k.pem"),
+                      "--tls_key", str(tmp_path / "c.pem"))
+    assert code == 2 and "--tls_cert" in msg and len(msg.splitlines()) == 1

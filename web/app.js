@@ -82,7 +82,8 @@ onrtctransform = (event) => {
   const t = event.transformer;
   t.readable.pipeThrough(new TransformStream({
     transform(frame, out) {
-      postMessage([frame.getMetadata().rtpTimestamp, performance.timeOrigin + performance.now()]);
+      const ts = frame.getMetadata().rtpTimestamp ?? frame.timestamp; // older Firefox: only .timestamp
+      postMessage([ts, performance.timeOrigin + performance.now()]);
       out.enqueue(frame);
     },
   })).pipeTo(t.writable);
@@ -407,7 +408,8 @@ async function connect(source) {
   });
   lsp.session = answer.session;
   await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
-  $("video").requestVideoFrameCallback(onFrame);
+  if ($("video").requestVideoFrameCallback) $("video").requestVideoFrameCallback(onFrame);
+  else say("Live. (This browser cannot time the frames it shows, so no latency figures.)");
   every(1000, () => send({ type: "ping", t: now() }));
   every(2000, () => avOffset());
   every(500, () => { send({ type: "report", figures: show() }); });

@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import secrets
+import ssl
 import tempfile
 import threading
 import time
@@ -60,6 +61,8 @@ class ServerConfig:
     max_upload_mb: float = 20.0
     idle_timeout: float = 10.0
     session: runtime.SessionSettings = field(default_factory=runtime.SessionSettings)
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve https, which browsers need for a
+    # microphone on any address but localhost
 
 
 def is_loopback(host: str) -> bool:
@@ -106,13 +109,14 @@ class LiveServer:
     def url(self) -> str:
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::") else self.config.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        scheme = "https" if self.config.tls else "http"
+        return f"{scheme}://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     async def start(self) -> None:
         """Listen; an InputError naming --port or --host when that is impossible."""
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.host, self.config.port)
+        site = web.TCPSite(self.runner, self.config.host, self.config.port, ssl_context=_tls(self.config.tls))
         try:
             await site.start()
         except OSError as err:
@@ -252,6 +256,23 @@ class LiveServer:
                 "ended_sessions": self.ended, "threads": threading.active_count(),
                 "renderers": {name: item.renderer.stats() for name, item in self.pool.loaded.items()},
                 "per_session": [c.summary() for c in self.sessions.values()]}
+
+
+def _tls(files: tuple[Path, Path] | None) -> ssl.SSLContext | None:
+    """A server TLS context from --tls_cert/--tls_key, with errors naming them."""
+    if files is None:
+        return None
+    from util.errors import require_file
+
+    cert, key = files
+    require_file(cert, "--tls_cert")
+    require_file(key, "--tls_key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as err:
+        raise InputError(f"--tls_cert {cert} / --tls_key {key}: not a usable certificate and key ({err})") from err
+    return context
 
 
 async def _json(request: web.Request) -> object:
