@@ -14,20 +14,19 @@ const SENT_KEPT = 1000; // outgoing audio packets remembered (20 s)
 const KEPT = 600; // latencies kept for the figures
 
 // Everything the page measures; also read by the tests and the benchmark.
-const lsp = (window.lsp = {
-  state: "idle", error: null, source: null, session: null, frames: 0, seqs: 0, skipped: 0, late: 0,
-  g2gCount: 0, serverCount: 0,
-  g2g: [], server: [], lipSync: [], eptOffsets: [], method: null, sessions: null, audioBytes: 0, hello: null,
-  capture: 0, captured: [], ended: false,
-});
+const lsp = (window.lsp = { state: "idle", sessions: null });
+function fresh(source) {
+  Object.assign(lsp, { error: null, source, session: null, hello: null, method: null, ended: false, frames: 0,
+    skipped: 0, late: 0, g2g: [], server: [], g2gCount: 0, serverCount: 0, lipSync: [], eptOffsets: [],
+    audioBytes: 0 });
+}
+fresh(null);
 
 let pc = null, channel = null, stream = null, timers = [], upload = null;
 let sent = [], info = new Map(), shown = new Map(), lastSeq = -1, shownTimes = [];
 let clockOffset = null, bestRtt = Infinity; // server clock - page clock (ms), from the least delayed ping
 const strip = document.createElement("canvas");
 const stripCtx = strip.getContext("2d", { willReadFrequently: true });
-const grab = document.createElement("canvas");
-const grabCtx = grab.getContext("2d", { willReadFrequently: true });
 
 function now() { return performance.timeOrigin + performance.now(); }
 
@@ -40,40 +39,35 @@ function say(text, isError = false) {
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {}, token ? { "X-Token": token } : {});
   const response = await fetch(path, Object.assign({}, options, { headers }));
-  let body = {};
-  try { body = await response.json(); } catch (e) { body = {}; }
+  const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.error || `the server answered ${response.status}`);
   return body;
 }
 
 async function loadIdentities() {
-  try {
-    const data = await api("/api/identities");
-    const select = $("identity");
-    select.replaceChildren(...data.identities.map((name) => new Option(name, name, false, name === data.default)));
-    $("file").dataset.maxMb = data.max_upload_mb;
-  } catch (err) {
-    say(`Cannot reach the server: ${err.message}`, true);
-  }
+  const data = await api("/api/identities").catch((err) => say(`Cannot reach the server: ${err.message}`, true));
+  if (!data) return;
+  $("identity").replaceChildren(...data.identities.map((name) => new Option(name, name, false, name === data.default)));
+  $("file").dataset.maxMb = data.max_upload_mb;
 }
 
 // --- microphone -------------------------------------------------------------------------------------
+const MIC_PROBLEMS = {
+  NotAllowedError: "The browser did not allow the microphone. Click the microphone or lock icon next to the " +
+    "address, allow the microphone for this page, and press Start microphone again. Or stream an audio file.",
+  NotFoundError: "No microphone was found. Plug one in (or pick it in your system's sound settings) and try again.",
+  NotReadableError: "The microphone is busy or blocked by the system (another program may be using it).",
+};
+MIC_PROBLEMS.SecurityError = MIC_PROBLEMS.NotAllowedError;
+MIC_PROBLEMS.OverconstrainedError = MIC_PROBLEMS.NotFoundError;
+
 function micProblem(err) {
   if (!window.isSecureContext || !navigator.mediaDevices) {
     return "Browsers only lend the microphone to secure pages: open this page as http://127.0.0.1:… or " +
       "http://localhost:… on the machine running the server (or through an SSH tunnel), or over https.";
   }
-  if (err && (err.name === "NotAllowedError" || err.name === "SecurityError")) {
-    return "The browser did not allow the microphone. Click the microphone or lock icon next to the address, " +
-      "allow the microphone for this page, and press Start microphone again. Or stream an audio file instead.";
-  }
-  if (err && (err.name === "NotFoundError" || err.name === "OverconstrainedError")) {
-    return "No microphone was found. Plug one in (or pick it in your system's sound settings) and try again.";
-  }
-  if (err && err.name === "NotReadableError") {
-    return "The microphone is busy or blocked by the system (another program may be using it).";
-  }
-  return `The microphone could not be opened (${err ? err.name + ": " + err.message : "unknown reason"}).`;
+  return MIC_PROBLEMS[err && err.name] ||
+    `The microphone could not be opened (${err ? err.name + ": " + err.message : "unknown reason"}).`;
 }
 
 // A worker that notes when each outgoing audio packet leaves the browser's audio pipeline.
@@ -114,24 +108,20 @@ function captureTime(ts) {
 
 // --- lips vs sound: the loudness of the sound played here against the loudness each shown frame was made
 // from (the server labels every frame with its audio level); the lag that best lines them up is the offset.
-const LEVEL_WORKLET = `
-class Level extends AudioWorkletProcessor {
+const LEVEL_WORKLET = `registerProcessor("lsp-level", class extends AudioWorkletProcessor {
   constructor() { super(); this.sum = 0; this.n = 0; this.t0 = null; }
   process(inputs) {
-    const ch = inputs[0] && inputs[0][0];
-    if (ch) {
-      if (this.t0 === null) this.t0 = currentTime;
-      for (let i = 0; i < ch.length; i++) this.sum += ch[i] * ch[i];
-      this.n += ch.length;
-    }
-    if (this.n >= sampleRate / 100) {
+    const ch = (inputs[0] && inputs[0][0]) || [];
+    if (this.t0 === null) this.t0 = currentTime;
+    for (let i = 0; i < ch.length; i++) this.sum += ch[i] * ch[i];
+    this.n += ch.length;
+    if (this.n >= sampleRate / 100) { // 10 ms of sound
       this.port.postMessage([this.t0, Math.sqrt(this.sum / this.n)]);
       this.sum = 0; this.n = 0; this.t0 = null;
     }
     return true;
   }
-}
-registerProcessor("lsp-level", Level);`;
+});`;
 let audioCtx = null, heard = [], seen = []; // [page time ms, level] of sound played and of frames shown
 
 async function listen(track) {
@@ -163,8 +153,9 @@ function lipsVsSound() {
   let best = null, bestCorr = 0.5;
   for (let lag = -400; lag <= 400; lag += 5) {
     const pairs = recent.map(([t, v]) => [v, levelAt(t + lag)]).filter(([, a]) => a !== null);
-    if (pairs.length < 60) continue;
-    const n = pairs.length, mv = pairs.reduce((s, p) => s + p[0], 0) / n, ma = pairs.reduce((s, p) => s + p[1], 0) / n;
+    const n = pairs.length, mean = (k) => pairs.reduce((sum, p) => sum + p[k], 0) / n;
+    if (n < 60) continue;
+    const mv = mean(0), ma = mean(1);
     let sva = 0, svv = 0, saa = 0;
     for (const [v, a] of pairs) { sva += (v - mv) * (a - ma); svv += (v - mv) ** 2; saa += (a - ma) ** 2; }
     const corr = sva / Math.sqrt(svv * saa + 1e-12);
@@ -174,7 +165,7 @@ function lipsVsSound() {
 }
 
 // --- frames -----------------------------------------------------------------------------------------
-function readCode(video) {
+function readCode(video) { // the frame's sequence number from its code strip (tracks.py draws it), or null
   const code = lsp.hello.code, w = video.videoWidth, h = video.videoHeight;
   if (!w || !h) return null;
   const scale = h / code.height, rows = code.rows;
@@ -182,11 +173,9 @@ function readCode(video) {
   stripCtx.drawImage(video, 0, code.top * scale, w, rows * scale, 0, 0, w, rows);
   const row = stripCtx.getImageData(0, rows >> 1, w, 1).data, block = Math.floor(w / code.bits);
   let value = 0;
-  for (let b = 0; b < code.bits; b++) {
+  for (let b = 0; b < code.bits; b++) { // the middle half of each block, bright or dark
     let sum = 0, n = 0;
-    for (let x = b * block + (block >> 2); x < (b + 1) * block - (block >> 2); x++, n++) {
-      sum += (row[4 * x] + row[4 * x + 1] + row[4 * x + 2]) / 3;
-    }
+    for (let x = b * block + (block >> 2); x < (b + 1) * block - (block >> 2); x++, n++) sum += row[4 * x + 1];
     if (sum / n > 127) value |= 1 << b;
   }
   const seq = value & ((1 << code.seq_bits) - 1);
@@ -226,23 +215,11 @@ function onFrame(_, meta) {
   shownTimes.push(at);
   shown.set(seq, at);
   measure(seq);
-  if (lsp.captured.length < lsp.capture) grabFrame(video, seq);
-}
-
-function grabFrame(video, seq) {
-  const code = lsp.hello.code, side = 64, h = (code.top * video.videoHeight) / code.height;
-  grab.width = grab.height = side;
-  grabCtx.drawImage(video, 0, 0, video.videoWidth, h, 0, 0, side, side);
-  const px = grabCtx.getImageData(0, 0, side, side).data, gray = new Array(side * side);
-  for (let i = 0; i < gray.length; i++) gray[i] = Math.round((px[4 * i] + px[4 * i + 1] + px[4 * i + 2]) / 3);
-  const msg = info.get(seq);
-  lsp.captured.push({ seq, index: msg ? msg.index : null, level: msg ? msg.lvl : null, gray });
 }
 
 function onMessage(event) {
   const msg = JSON.parse(event.data);
   if (msg.type === "frame") {
-    lsp.seqs += 1;
     lsp.skipped = msg.skip;
     lsp.late += msg.late > 5 ? 1 : 0; // ms after its due time: picture later than its sound
     info.set(msg.seq, msg);
@@ -256,12 +233,9 @@ function onMessage(event) {
   } else if (msg.type === "pong") {
     const t = now(), rtt = t - msg.t;
     if (rtt < bestRtt) { bestRtt = rtt; clockOffset = msg.srv - (msg.t + rtt / 2); }
-  } else if (msg.type === "end") {
-    lsp.ended = true;
-    say("The file has been spoken to the end.");
-    stop();
-  } else if (msg.type === "error") {
-    say(msg.message, true);
+  } else if (msg.type === "end" || msg.type === "error") {
+    lsp.ended = msg.type === "end";
+    say(msg.message || "The file has been spoken to the end.", msg.type === "error");
     stop();
   }
 }
@@ -316,24 +290,19 @@ async function avOffset() {
 }
 
 async function pollSessions() {
-  try {
-    const stats = await api("/api/stats");
-    lsp.sessions = stats.sessions;
-    $("sessions").textContent = `${stats.sessions} of ${stats.max_sessions}`;
-  } catch (err) { /* the next poll tries again */ }
+  const stats = await api("/api/stats").catch(() => null); // the next poll tries again
+  if (stats) { lsp.sessions = stats.sessions; $("sessions").textContent = `${stats.sessions} of ${stats.max_sessions}`; }
 }
 
 function every(ms, fn) { const id = setInterval(fn, ms); timers.push({ terminate: () => clearInterval(id) }); }
 
 function send(msg) { if (channel && channel.readyState === "open") channel.send(JSON.stringify(msg)); }
 
-function gathered(peer) {
-  if (peer.iceGatheringState === "complete") return Promise.resolve();
+function gathered(peer) { // loopback candidates come at once; do not wait long for slow interfaces
   return new Promise((resolve) => {
-    peer.addEventListener("icegatheringstatechange", () => {
-      if (peer.iceGatheringState === "complete") resolve();
-    });
-    setTimeout(resolve, 3000); // loopback candidates come at once; do not wait for slow interfaces
+    if (peer.iceGatheringState === "complete") resolve();
+    peer.addEventListener("icegatheringstatechange", () => peer.iceGatheringState === "complete" && resolve());
+    setTimeout(resolve, 3000);
   });
 }
 
@@ -350,23 +319,18 @@ async function uploadFile() {
 
 async function start(source) {
   if (pc !== null) return;
-  Object.assign(lsp, { state: "starting", error: null, source, session: null, frames: 0, seqs: 0, skipped: 0,
-    g2gCount: 0, serverCount: 0,
-    late: 0, g2g: [], server: [], lipSync: [], eptOffsets: [], method: null, hello: null, captured: [],
-    ended: false });
-  heard = []; seen = [];
-  sent = []; info = new Map(); shown = new Map(); lastSeq = -1; shownTimes = []; clockOffset = null;
-  bestRtt = Infinity;
+  fresh(source);
+  lsp.state = "starting";
+  heard = []; seen = []; sent = []; info = new Map(); shown = new Map(); lastSeq = -1; shownTimes = [];
+  clockOffset = null; bestRtt = Infinity;
   setButtons(true);
   try {
     if (source === "mic") {
       if (!window.isSecureContext || !navigator.mediaDevices) throw new Error(micProblem(null));
       say("Asking for the microphone…");
-      try {
-        stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-      } catch (err) {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: true }).catch((err) => {
         throw new Error(micProblem(err));
-      }
+      });
     } else {
       upload = await uploadFile();
     }
@@ -428,9 +392,7 @@ async function stop() {
   stream = null;
   $("video").srcObject = null;
   $("idle").hidden = false;
-  if (session) {
-    try { await api(`/api/sessions/${session}/stop`, { method: "POST" }); } catch (err) { /* already gone */ }
-  }
+  if (session) await api(`/api/sessions/${session}/stop`, { method: "POST" }).catch(() => null); // or gone
   if (lsp.state !== "idle" && !lsp.error && !lsp.ended) say("Stopped.");
   lsp.state = "idle";
   setButtons(false);

@@ -28,7 +28,7 @@ ADAPT_QUANTILE = 95.0  # the delay covers this percentile of the measured readin
 ADAPT_WINDOW = 90  # recent frames the percentile is taken over (3 s at 30 fps)
 ADAPT_MIN_FRAMES = 8  # frames measured before the delay adapts
 MARGIN_SECONDS = 0.01  # headroom above the percentile
-SHRINK_SLACK_PACKETS = 2  # shrink only when the delay is this many packets above what is needed
+SHRINK_SLACK_PACKETS = 1  # shrink only when the delay is this many packets above what is needed
 QUIET_RMS = 0.01  # a packet this quiet may be dropped to shrink the delay (about -40 dBFS)
 ARRIVALS_KEPT = 3000  # received chunks remembered (60 s of 20 ms packets)
 
