@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                           args.max_sessions, args.max_upload_mb, args.idle_timeout_s, settings, tls)
 
     async def run() -> None:
-        pool = IdentityPool(args.config_dir, args.device, args.backend)
+        pool = IdentityPool(args.config_dir, args.device, args.backend, args.max_sessions)
         await asyncio.get_running_loop().run_in_executor(None, pool.load, args.id)
         ready = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(serve_forever(config, pool, ready))

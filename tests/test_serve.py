@@ -28,6 +28,9 @@ from models.live.server import BackgroundServer, ServerConfig
 from models.live.tracks import CODE_ROWS, compose, read_code
 from util.synthetic import make_identity
 
+# The vanishing client of test_a_viewer_that_vanishes_is_dropped leaves aiortc's decoder thread posting
+# into its closed event loop; Python reports that whenever garbage collection finds it.
+pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'Queue.put' was never awaited:RuntimeWarning")
 SR = 16000
 MOUTH_GAIN = 1000  # the random-weight mouth moves ~1/1000 px; this makes its speech-driven motion visible
 
@@ -69,7 +72,7 @@ class FeatureMapRenderer:
 
 
 def pool_for(project, delay: float = 0.0) -> IdentityPool:
-    return IdentityPool(project / "config", "cpu", "torch", lambda r: FeatureMapRenderer(r, delay))
+    return IdentityPool(project / "config", "cpu", "torch", wrap_renderer=lambda r: FeatureMapRenderer(r, delay))
 
 
 # --- the playout clock ------------------------------------------------------------------------------

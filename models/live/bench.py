@@ -79,7 +79,7 @@ def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, sec
     from models.live.runtime import SessionSettings
     from models.live.server import BackgroundServer, ServerConfig
 
-    pool = IdentityPool(config_dir, device, backend)
+    pool = IdentityPool(config_dir, device, backend, sessions)
     pool.load(identity)
     settings = SessionSettings(frame_step, max_lag_ms, hop_ms)
     config = ServerConfig(identity, config_dir, device, backend, port=0, max_sessions=sessions, session=settings)

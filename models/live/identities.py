@@ -13,7 +13,7 @@ import numpy as np
 
 from models.live import runtime
 from models.live.playout import PACKET_SECONDS
-from models.live.render import SharedRenderer
+from models.live.render import MAX_BATCH, SharedRenderer
 from models.live.tracks import output_scale
 from util.errors import InputError
 
@@ -51,9 +51,11 @@ class Loaded:
 class IdentityPool:
     """Trained identities under the config folder; a pipeline and renderer per identity once asked for."""
 
-    def __init__(self, config_dir: Path | None, device: str, backend: str,
+    def __init__(self, config_dir: Path | None, device: str, backend: str, max_batch: int = MAX_BATCH,
                  wrap_renderer: Callable[[object], object] | None = None) -> None:
+        """`max_batch`: the most frames one renderer call takes (one per concurrent session)."""
         self.config_dir, self.device, self.backend, self.wrap = config_dir, device, backend, wrap_renderer
+        self.max_batch = max(1, min(max_batch, MAX_BATCH))
         self.loaded: dict[str, Loaded] = {}
         self.lock = threading.Lock()
 
@@ -69,7 +71,8 @@ class IdentityPool:
                 log.info("loading identity %s (%s, %s renderer)", name, self.device, self.backend)
                 pipe = runtime.load_pipeline(name, self.device, self.config_dir, self.backend)
                 renderer = self.wrap(pipe.renderer) if self.wrap else pipe.renderer
-                self.loaded[name] = Loaded(name, pipe, SharedRenderer(renderer))
+                sizes = tuple(range(1, self.max_batch + 1)) if self.backend == "compile" else (1,)
+                self.loaded[name] = Loaded(name, pipe, SharedRenderer(renderer, self.max_batch, sizes))
                 log.info("identity %s ready: %dx%d frames at %g fps, %.1f ms per render", name,
                          *pipe.assets.image_size[::-1], pipe.fps, 1000 * self.loaded[name].renderer.render_s)
             return self.loaded[name]

@@ -26,8 +26,10 @@ WARM_UP_CALLS = 3  # timed blank renders at start: the first estimate of one ren
 class SharedRenderer:
     """A FaceRenderer (or anything with feature_maps / __call__ / warm_up) behind one render thread."""
 
-    def __init__(self, renderer: object, max_batch: int = MAX_BATCH) -> None:
-        self.renderer, self.max_batch = renderer, max_batch
+    def __init__(self, renderer: object, max_batch: int = MAX_BATCH, warm_sizes: tuple[int, ...] = (1,)) -> None:
+        """`warm_sizes`: batch sizes to prepare before any session starts (a compiled renderer compiles
+        each size on its first call, which would stall the sessions waiting for it)."""
+        self.renderer, self.max_batch, self.warm_sizes = renderer, max_batch, warm_sizes
         self.requests: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue()
         self.times: deque[tuple[int, float]] = deque(maxlen=TIMING_WINDOW)  # (frames, seconds) per call
         self.frames = self.calls = 0
@@ -40,7 +42,8 @@ class SharedRenderer:
     def _warm_up(self) -> float:
         """First-call costs now, and the time of one frame (the start value of a session's delay): the fastest
         of a few calls, as other work on the machine only ever adds to it."""
-        self.renderer.warm_up(1)
+        for n in self.warm_sizes:
+            self.renderer.warm_up(n)
         size = self.renderer.size if hasattr(self.renderer, "size") else (64, 64)
         blank = np.zeros((1, *size), np.uint8)
         times = []
