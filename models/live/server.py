@@ -15,6 +15,7 @@ the loopback host (no DNS rebinding) and POSTs must come from the page's own ori
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import json
@@ -121,7 +122,7 @@ class LiveServer:
             await site.start()
         except OSError as err:
             await self.runner.cleanup()
-            what = "already in use" if err.errno == 98 else f"cannot be opened ({err.strerror})"
+            what = "already in use" if err.errno == errno.EADDRINUSE else f"cannot be opened ({err.strerror})"
             raise InputError(f"--port {self.config.port}: {self.config.host}:{self.config.port} is {what}; "
                              "choose another --port (or --host)") from err
         self.port = self.runner.addresses[0][1] if self.config.port == 0 else self.config.port
