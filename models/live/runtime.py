@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.pipeline import PortraitPipeline, resolve_device
+from models.pipeline import PortraitPipeline, onnx_renderer_path, resolve_device
 from models.streaming import RenderedFrame, StreamingSession
 from util.errors import InputError
 from util.identity import CONFIG_DIR, load_config, resolve
@@ -22,6 +22,7 @@ __all__ = ["CONFIG_DIR", "PortraitPipeline", "RenderedFrame", "SessionSettings",
 log = logging.getLogger("lsp")
 IDENTITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file stem: no separators, no leading dot
 CHECKPOINT_KEYS = ("APC", "Audio2Mouth", "Headpose", "Image2Image")  # model_params sections naming a network
+LIVE_ONNX_THREADS = 1  # onnxruntime threads of a live server's renderer (see live_onnx_session)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,25 @@ def list_identities(config_dir: Path | None = None) -> list[str]:
 
 def load_pipeline(identity: str, device: str, config_dir: Path | None, backend: str) -> PortraitPipeline:
     """The identity's pipeline on `device` with the renderer `backend` (InputError on bad input)."""
-    return PortraitPipeline.from_identity(checked_identity(identity), device, config_dir, backend)
+    pipe = PortraitPipeline.from_identity(checked_identity(identity), device, config_dir, backend)
+    if backend == "onnx":
+        pipe.renderer.session = live_onnx_session(onnx_renderer_path(pipe.cfg))
+    return pipe
+
+
+def live_onnx_session(path: Path) -> object:
+    """The renderer's onnxruntime session for live serving: LIVE_ONNX_THREADS threads that sleep when
+    idle. A live server shares the CPU with the browser, the video encoder and every session's audio
+    side; onnxruntime's default (a thread per core, spin-waiting between calls) then fights them for the
+    cores and renders slower (measured on the 2-core CPU with other work running: 44 ms per 256² frame
+    against 31 ms with one thread) and leaves nothing for the rest."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = LIVE_ONNX_THREADS
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def open_session(pipe: PortraitPipeline, renderer: object, settings: SessionSettings) -> StreamingSession:
