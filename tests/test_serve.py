@@ -99,14 +99,29 @@ def test_playout_sends_sound_and_picture_of_the_same_moment_together():
     p = Playout(SR, delay=0.4, max_delay=2.0, clock=clock)
     feed(p, 1.0)
     due, packet = p.next_audio()
-    assert due == pytest.approx(0.02 + 0.4) and len(packet) == 320
+    assert due == pytest.approx(0.0 + 0.4) and len(packet) == 320  # when its first sample was due, + delay
     assert p.audio_sent(due) == 0 and p.audio_sent(due + 0.02) == 320
     p.add_frame(frame(0.5, ready=0.7))  # ready in time
-    assert p.next_frame_due() == pytest.approx(0.52 + 0.4)  # its window's first sample arrived at 0.52
-    clock.t = 0.92
+    assert p.next_frame_due() == pytest.approx(0.5 + 0.4)  # with the audio of its window's first sample
+    clock.t = 0.9
     rel = p.release_frame()
     assert rel.late == 0 and rel.pts_seconds == pytest.approx(0.5)  # the audio timeline has no silence in it
     assert p.stamp(100) is None  # a file or a source without RTP timestamps
+
+
+def test_playout_paces_jittery_arrivals_evenly_on_the_senders_clock():
+    clock, rng = Clock(), np.random.default_rng(0)
+    p = Playout(SR, delay=0.4, max_delay=2.0, clock=clock)
+    rate = 1.0001  # the browser's clock runs 100 ppm fast against ours
+    for k in range(1000):  # 20 s of packets, each late by 0-30 ms
+        p.add_audio(np.full(320, 0.1, np.float32), 0.02 * (k + 1) / rate + rng.uniform(0, 0.03))
+    dues = []
+    for _ in range(50):
+        due, _ = p.next_audio()
+        dues.append(due)
+        p.audio_sent(due)
+    assert np.allclose(np.diff(dues), 0.02, atol=1e-9)  # no jitter passed on
+    assert p.due(1000 * 320) == pytest.approx(20.0 / rate, abs=0.002)  # the sender's clock, drift followed
 
 
 def test_playout_grows_at_once_when_frames_are_late_and_shrinks_only_in_silence():

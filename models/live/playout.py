@@ -1,10 +1,12 @@
 """When the portrait's audio and video leave the server: one clock for both, so lips and sound stay together.
 
-The audio a session receives is its content timeline (sample c of the speech). Sample c arrived at
-arrival(c); it goes back out at arrival(c) + delay, and the video frame made from the audio window
-[a, b) goes out at arrival(a) + delay too. Both outputs follow the arrival clock itself, so the
-browser's audio clock and ours cannot drift apart over a long session, and the offset between a frame
-and its sound at the sender is zero whenever the frame is ready in time.
+The audio a session receives is its content timeline (sample c of the speech). Packets arrive with
+network and scheduling jitter; the earliest-arrival line through the recent packets, due(c) =
+min_i(arrival_i - end_i / rate) + c / rate, is the sender's own clock as seen here. Sample c goes back
+out at due(c) + delay, and the video frame made from the audio window [a, b) at due(a) + delay too:
+both outputs are evenly paced (the browser's jitter buffers stay small) and follow the sender's clock
+(the min is over the last CLOCK_WINDOW seconds), so the browser's audio clock and ours cannot drift
+apart over a long session, and a frame leaves together with its sound whenever it is ready in time.
 
 The delay is the session's glass-to-glass budget minus the transport: the time from a window's first
 sample arriving to its frame being ready (models' lookahead + audio-side cadence + render time). It
@@ -31,6 +33,7 @@ MARGIN_SECONDS = 0.01  # headroom above the percentile
 SHRINK_SLACK_PACKETS = 1  # shrink only when the delay is this many packets above what is needed
 QUIET_RMS = 0.01  # a packet this quiet may be dropped to shrink the delay (about -40 dBFS)
 ARRIVALS_KEPT = 3000  # received chunks remembered (60 s of 20 ms packets)
+CLOCK_WINDOW = 10.0  # seconds of arrivals the earliest-arrival line is taken over
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Playout:
         self.arrivals: list[float] = []  # its arrival time
         self.stamps: list[int | None] = []  # the RTP timestamp of its first sample in the sender's clock, if known
         self.stamp_rate = sample_rate  # that clock's rate
+        self.line: deque[tuple[float, float]] = deque()  # (arrival, arrival - end / rate), increasing offsets
         self.buffer = np.zeros(0, np.float32)  # received audio not yet sent, from content position `sent`
         self.sent = 0  # content position of the next audio sample out
         self.out = 0  # samples on the output timeline so far (content + silence inserted - dropped)
@@ -97,6 +101,12 @@ class Playout:
         self.arrivals.append(arrival)
         self.stamps.append(stamp)
         self.stamp_rate = stamp_rate or self.stamp_rate
+        offset = arrival - self.received / self.sr  # a monotonic deque: its first entry is the window's minimum
+        while self.line and self.line[-1][1] >= offset:
+            self.line.pop()
+        self.line.append((arrival, offset))
+        while self.line[0][0] < arrival - CLOCK_WINDOW:
+            self.line.popleft()
         if len(self.ends) > ARRIVALS_KEPT:
             for kept in (self.starts, self.ends, self.arrivals, self.stamps):
                 del kept[: ARRIVALS_KEPT // 2]
@@ -108,14 +118,18 @@ class Playout:
             return None
         return (self.stamps[i] + round((c - self.starts[i]) * self.stamp_rate / self.sr)) & 0xFFFFFFFF
 
+    def due(self, c: int) -> float:
+        """When content sample c would have arrived without jitter (the earliest-arrival line)."""
+        return self.line[0][1] + c / self.sr
+
     def arrival(self, c: int) -> float:
         """When content sample c arrived (the chunk holding it; the oldest remembered one if forgotten)."""
         i = bisect.bisect_right(self.ends, c)
         return self.arrivals[min(i, len(self.arrivals) - 1)]
 
     def add_frame(self, frame: OutFrame) -> None:
-        """A rendered frame; its readiness (ready minus arrival of its window's start) steers the delay."""
-        self.readiness.append(frame.ready - self.arrival(frame.start))
+        """A rendered frame; its readiness (ready minus due time of its window's start) steers the delay."""
+        self.readiness.append(frame.ready - self.due(frame.start))
         self.frames.append(frame)
         if len(self.readiness) >= ADAPT_MIN_FRAMES:
             self._grow(float(np.percentile(self.readiness, ADAPT_QUANTILE)) + MARGIN_SECONDS)
@@ -147,10 +161,11 @@ class Playout:
             self.delay -= self.packet / self.sr
             self.dropped += 1
         if len(self.buffer) >= self.packet:
-            return self.arrival(self.sent + self.packet - 1) + self.delay, self.buffer[: self.packet]
+            # by its first sample: the RTP timestamp, and so the browser's lip sync, refers to that one
+            return self.due(self.sent) + self.delay, self.buffer[: self.packet]
         if self.ended and len(self.buffer):
             last = np.pad(self.buffer, (0, self.packet - len(self.buffer)))
-            return self.arrival(self.received - 1) + self.delay, last
+            return self.due(self.sent) + self.delay, last
         return self.clock(), None
 
     def _can_shrink(self, pkt: np.ndarray) -> bool:
@@ -175,13 +190,13 @@ class Playout:
         """Release time of the oldest waiting frame, or None when none waits."""
         if not self.frames:
             return None
-        return self.arrival(self.frames[0].start) + self.delay
+        return self.due(self.frames[0].start) + self.delay
 
     def release_frame(self) -> Released:
         """Take the oldest waiting frame as sent now."""
         frame = self.frames.popleft()
         now = self.clock()
-        due = self.arrival(frame.start) + self.delay
+        due = self.due(frame.start) + self.delay
         # the same timeline offset as the audio being sent around this content position
         pts = (frame.start + self.out - self.sent) / self.sr
         return Released(frame, pts, now, self.arrival(frame.end - 1), max(0.0, now - due))
