@@ -466,7 +466,7 @@ def test_speaking_into_the_page_shows_and_plays_the_portrait(live, project, spee
         viewer.run_for(9.5)
         state = viewer.state()
         grabbed = viewer.page.evaluate("window.grabbed")
-        viewer.page.screenshot(path=str(tmp_path / "page.png"))
+        viewer.page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         viewer.stop()
     wait_sessions(live, 0)
     assert live.call(lambda: live.server.ended) == ended + 1

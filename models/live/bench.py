@@ -107,7 +107,7 @@ def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, sec
         server = bg.call(bg.server.stats)
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
-            pages[0].page.screenshot(path=str(screenshot))
+            pages[0].page.screenshot(path=str(screenshot), full_page=True)
         for page in pages:
             page.stop()
     pool.close()
