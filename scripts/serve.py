@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, load the identity, serve until Ctrl-C; one-line errors for bad input (exit status 2)."""
     args = parse_args(argv)
     import asyncio
+    import contextlib
     import logging
+    import signal
 
     from models.live import runtime
     from models.live.identities import IdentityPool
@@ -78,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         server = ready.result()
         where = "this machine only" if is_loopback(args.host) else "other machines too; share the address with care"
         print(f"live portrait of {args.id!r} at {server.url}  ({where}; Ctrl-C stops)", flush=True)
-        await task
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager: end the sessions, then exit
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     try:
         runtime.resolve_device(args.device)

@@ -61,6 +61,14 @@ def _percentiles(values: list[float], *qs: float) -> list[float | None]:
     return [round(float(np.percentile(values, q)), 1) if values else None for q in qs]
 
 
+def _by_minute(series: list[tuple[float, float]]) -> list[float]:
+    """Median of a series of (seconds, ms) in each minute."""
+    minutes: dict[int, list[float]] = {}
+    for t, v in series:
+        minutes.setdefault(int(t // 60), []).append(v)
+    return [round(float(np.median(v)), 1) for _, v in sorted(minutes.items())]
+
+
 def _drift(series: list[tuple[float, float]]) -> float | None:
     """Slope of a series of (seconds, ms) in ms per minute."""
     if len(series) < 5:
@@ -131,6 +139,8 @@ def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: flo
             "serve_av_offset_ms_range": [_percentiles(ept, 5)[0], _percentiles(ept, 95)[0]],
             "serve_av_offset_loudness_ms": _percentiles(loud, 50)[0],
             "serve_av_drift_ms_per_min": _drift(logs[0].ept),
+            "serve_av_offset_ms_by_minute": _by_minute(logs[0].ept),
+            "serve_av_drift_loudness_ms_per_min": _drift(logs[0].loudness),
             "serve_late_frames": sum(s["late"] - r.start["late"] for s, r in zip(states, logs)),
             "serve_sessions": len(logs), "serve_seconds": seconds, "serve_method": states[0]["method"],
             "serve_frame_step": settings.frame_step, "serve_max_lag_ms": settings.max_lag_ms,
