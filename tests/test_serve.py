@@ -556,3 +556,13 @@ def test_https_with_a_certificate(pool, tmp_path):
     code, msg = serve("--id", "tiny", "--config_dir", str(pool.config_dir), "--tls_cert", str(tmp_path / "k.pem"),
                       "--tls_key", str(tmp_path / "c.pem"))
     assert code == 2 and "--tls_cert" in msg and len(msg.splitlines()) == 1
+
+
+def test_the_page_explains_a_refused_microphone(live):
+    with live_browser.chromium(None, allow_microphone=False) as chromium:
+        viewer = live_browser.Viewer(chromium.new_page(), live.url)
+        viewer.start_mic()
+        viewer.page.wait_for_function("window.lsp.error !== null", timeout=20_000)
+        message = viewer.state()["message"]
+    assert "did not allow the microphone" in message and "allow the microphone for this page" in message
+    assert live.call(lambda: len(live.server.sessions)) == 0

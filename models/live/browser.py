@@ -29,9 +29,10 @@ def unavailable() -> str | None:
     return None
 
 
-def chromium_args(wav: Path | None) -> list[str]:
-    """Flags for a fake microphone speaking `wav` once (or a silent fake device when None)."""
-    fake = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+def chromium_args(wav: Path | None, allow_microphone: bool = True) -> list[str]:
+    """Flags for a fake microphone speaking `wav` once (or a silent fake device when None); without
+    `allow_microphone` the page's request for it is refused, as by a user saying no."""
+    fake = ["--use-fake-device-for-media-stream"] + (["--use-fake-ui-for-media-stream"] if allow_microphone else [])
     if wav is not None:
         fake.append(f"--use-file-for-fake-audio-capture={wav}%noloop")
     return [*fake, *QUIET_ARGS]
@@ -82,13 +83,13 @@ class Viewer:
 
 
 @contextmanager
-def chromium(wav: Path | None = None) -> Iterator[object]:
+def chromium(wav: Path | None = None, allow_microphone: bool = True) -> Iterator[object]:
     """A headless Chromium (Playwright Browser) whose microphone speaks `wav`."""
     from playwright.sync_api import sync_playwright
 
     exe = CHROMIUM if CHROMIUM.is_file() else Path(shutil.which("chromium"))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(exe), headless=True, args=chromium_args(wav))
+        browser = p.chromium.launch(executable_path=str(exe), headless=True, args=chromium_args(wav, allow_microphone))
         try:
             yield browser
         finally:
