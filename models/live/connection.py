@@ -176,7 +176,8 @@ class LiveConnection:
         self.pc.on("datachannel", self._on_channel)
         self.pc.on("connectionstatechange", self._on_state)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        self.pc.addTrack(VideoOut(self._next_video))
+        self.video = VideoOut(self._next_video)
+        self.pc.addTrack(self.video)
         self.pc.addTrack(AudioOut(self._next_audio, self.sr))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._spawn(self._watchdog())
@@ -293,6 +294,8 @@ class LiveConnection:
     async def _next_video(self) -> tuple[np.ndarray, float]:
         while not self.closed:
             due = self.playout.next_frame_due()
+            if due is not None:  # hand it to the encoder early by its encoding time: it leaves with its sound
+                due -= self.video.encode_s
             if due is None:
                 await self._wait("video", None)
             elif due > time.perf_counter():

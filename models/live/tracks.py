@@ -30,6 +30,8 @@ MIN_SIDE = 256  # smaller frames are scaled up to at least this
 VIDEO_CLOCK = 90000  # RTP video clock
 AUDIO_PREFETCH = 1  # packets aiortc's audio jitter buffer holds before decoding (its default 4 adds 60 ms)
 ARRIVALS_KEPT = 512  # packet arrival times remembered per receiver
+ENCODE_SMOOTHING = 0.1  # weight of the newest frame in the running mean of the video encoding time
+MAX_ENCODE_LEAD = 0.05  # seconds: longer gaps are not encoding
 
 
 def code_value(seq: int) -> int:
@@ -83,11 +85,17 @@ class VideoOut(MediaStreamTrack):
     def __init__(self, next_frame: Callable[[], Awaitable[tuple[np.ndarray, float]]]) -> None:
         super().__init__()
         self.next_frame, self.last_pts = next_frame, -1
+        self.encode_s = 0.0  # running mean of the time aiortc takes to encode and send a frame
+        self.returned: float | None = None
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.returned is not None:  # aiortc asks again once it has encoded and sent the last frame
+            spent = min(time.perf_counter() - self.returned, MAX_ENCODE_LEAD)
+            self.encode_s += ENCODE_SMOOTHING * (spent - self.encode_s)
         image, seconds = await self.next_frame()
+        self.returned = time.perf_counter()
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         self.last_pts = frame.pts = max(round(seconds * VIDEO_CLOCK), self.last_pts + 1)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
