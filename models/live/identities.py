@@ -19,6 +19,7 @@ from util.errors import InputError
 
 log = logging.getLogger("lsp")
 NO_SKIP_MAX_DELAY = 3.0  # seconds: the playout delay's ceiling when sessions never skip frames
+SKIP_HEADROOM = 0.25  # seconds above the frame-skipping bound the playout delay may grow to
 
 
 @dataclass
@@ -38,14 +39,16 @@ class Loaded:
         return runtime.open_session(self.pipe, self.renderer.proxy(), settings)
 
     def delays(self, session: runtime.StreamingSession, settings: runtime.SessionSettings) -> tuple[float, float]:
-        """(first, largest) playout delay in seconds for a session: the lookahead, the audio-side cadence,
-        two packets of arrival jitter and two render times; at most the frame-skipping bound on top."""
+        """(first, largest) playout delay in seconds for a session. First: the lookahead, the audio-side
+        cadence, two packets of arrival jitter and two render times. Largest: the frame-skipping bound
+        (lookahead + max_lag + the render in progress + its own render) with SKIP_HEADROOM for a machine
+        busier than at the warm-up; a frame later than the delay leaves late, out of sync by that much."""
         render = self.renderer.render_s
         base = session.lookahead / self.pipe.fps + settings.hop_ms / 1000 + 2 * PACKET_SECONDS
         first = base + 2 * render
         if settings.max_lag_ms is None:
             return first, max(first, NO_SKIP_MAX_DELAY)
-        return first, base + settings.max_lag_ms / 1000 + 2 * render + 1 / self.pipe.fps * settings.frame_step
+        return first, base + settings.max_lag_ms / 1000 + 2 * render + SKIP_HEADROOM
 
 
 class IdentityPool:
