@@ -39,7 +39,7 @@ from models.live.playout import Playout
 from models.live.render import SharedRenderer
 from models.live.runtime import SessionSettings
 from models.live.server import BackgroundServer, ServerConfig
-from models.live.tracks import CODE_ROWS, compose, read_code
+from models.live.tracks import CODE_GAP, CODE_ROWS, compose, read_code
 
 # The vanishing client of test_a_viewer_that_vanishes_is_dropped leaves aiortc's decoder thread posting
 # into its closed event loop; Python reports that whenever garbage collection finds it.
@@ -116,11 +116,11 @@ def test_playout_grows_at_once_when_frames_are_late_and_shrinks_only_in_silence(
 def test_frame_code_survives_lossy_compression(seq):
     rgb = np.random.default_rng(seq).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     img = compose(rgb, seq, scale=4)
-    assert img.shape == (256 + CODE_ROWS, 256, 3)
+    assert img.shape == (256 + CODE_GAP + CODE_ROWS, 256, 3) and not img[256 : 256 + CODE_GAP].any()
     _, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 30])
     decoded = cv2.imdecode(jpg, cv2.IMREAD_COLOR)
-    assert read_code(decoded[256:]) == seq % 4096
-    broken = img[256:].copy()
+    assert read_code(decoded[256 + CODE_GAP :]) == seq % 4096
+    broken = img[256 + CODE_GAP :].copy()
     broken[:, :16] = 255 - broken[:, :16]  # one block flipped: the check refuses it
     assert read_code(broken) is None
 

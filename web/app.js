@@ -170,7 +170,7 @@ function readCode(video) { // the frame's sequence number from its code strip (t
   if (!w || !h) return null;
   const scale = h / code.height, rows = code.rows;
   if (strip.width !== w) { strip.width = w; strip.height = rows; }
-  stripCtx.drawImage(video, 0, code.top * scale, w, rows * scale, 0, 0, w, rows);
+  stripCtx.drawImage(video, 0, code.strip * scale, w, rows * scale, 0, 0, w, rows);
   const row = stripCtx.getImageData(0, rows >> 1, w, 1).data, block = Math.floor(w / code.bits);
   let value = 0;
   for (let b = 0; b < code.bits; b++) { // the middle half of each block, bright or dark

@@ -1,7 +1,8 @@
 """aiortc media: the microphone coming in, the portrait's video and delayed speech going out.
 
 Each video frame carries its sequence number in a strip of black and white blocks below the picture
-(CODE_ROWS rows, hidden by the page): the page reads it back from the displayed frame to know exactly
+(CODE_ROWS rows after CODE_GAP black ones that keep compression from bleeding it into the picture;
+both hidden by the page): the page reads it back from the displayed frame to know exactly
 which frame is on screen, whatever the browser dropped or repeated. Frames smaller than MIN_SIDE are
 scaled up (nearest neighbour) first: browsers and VP8 handle tiny videos badly.
 """
@@ -24,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError
 
 log = logging.getLogger("lsp")
 CODE_ROWS = 16  # height of the code strip (one VP8 macroblock row: it survives compression)
+CODE_GAP = 16  # black rows between the picture and the strip
 CODE_BITS = 16  # blocks across the strip: SEQ_BITS of sequence number + a 4-bit check
 SEQ_BITS = 12
 MIN_SIDE = 256  # smaller frames are scaled up to at least this
@@ -60,20 +62,22 @@ def layout(size: tuple[int, int], scale: int) -> dict[str, int]:
     """Where the page finds things in a sent frame: picture height (`top`) and width, code strip rows and
     bits, full frame height."""
     top, width = size[0] * scale, size[1] * scale
-    return {"top": top, "width": width, "height": top + CODE_ROWS + (top + CODE_ROWS) % 2, "rows": CODE_ROWS,
-            "bits": CODE_BITS, "seq_bits": SEQ_BITS}
+    strip = top + CODE_GAP
+    return {"top": top, "strip": strip, "width": width, "height": strip + CODE_ROWS + (strip + CODE_ROWS) % 2,
+            "rows": CODE_ROWS, "bits": CODE_BITS, "seq_bits": SEQ_BITS}
 
 
 def compose(rgb: np.ndarray, seq: int, scale: int) -> np.ndarray:
-    """The sent image: `rgb` (H, W, 3) scaled by `scale`, with the code strip of `seq` below, even-sized."""
+    """The sent image: `rgb` (H, W, 3) scaled by `scale`, with the code strip of `seq` below (see layout)."""
     img = np.repeat(np.repeat(rgb, scale, 0), scale, 1) if scale > 1 else rgb
     h, w = img.shape[:2]
-    out = np.zeros((h + CODE_ROWS + (h + CODE_ROWS) % 2, w + w % 2, 3), np.uint8)
+    strip = h + CODE_GAP
+    out = np.zeros((strip + CODE_ROWS + (strip + CODE_ROWS) % 2, w + w % 2, 3), np.uint8)
     out[:h, :w] = img
     block, value = w // CODE_BITS, code_value(seq)
     for b in range(CODE_BITS):
         if value >> b & 1:
-            out[h : h + CODE_ROWS, b * block : (b + 1) * block] = 255
+            out[strip : strip + CODE_ROWS, b * block : (b + 1) * block] = 255
     return out
 
 
