@@ -31,7 +31,7 @@ class SessionSettings:
 
     frame_step: int = 1  # render every n-th model frame
     max_lag_ms: float | None = 150.0  # skip frames later than this (None never skips)
-    hop_ms: float = 50.0  # audio-side cadence
+    hop_ms: float = 20.0  # audio-side cadence: every 20 ms packet
     seed: int = 0  # head-pose sampling seed
     sigma_scale: float | None = None  # head-pose sampling sigma (None: the identity's config)
 
