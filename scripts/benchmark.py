@@ -3,6 +3,7 @@
     python scripts/benchmark.py                                  # random weights, normal G at 512^2
     python scripts/benchmark.py --id May --json bench.json       # a real identity
     python scripts/benchmark.py --g_size large --image_size 512 --device cuda
+    python scripts/benchmark.py --serve --id May --audio speech.wav --stream_seconds 60 --json s.json  # live server
 
 Also times, in the same run, the original algorithm's costly choices (a Python loop of one STFT per
 mel frame; the full 255-frame WaveNet recomputed for every pose) as `reference_*`. Medians of
@@ -71,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="live session: skip frames later than this to stay live (0 = render every frame)")
     p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
                    help="live session: renderer backend (onnx exports the renderer to a temporary file)")
+    p.add_argument("--serve", action="store_true",
+                   help="only the live server, driven by headless Chromium with --audio as its microphone for "
+                        "--stream_seconds (with --id; --stream_backend, --frame_step, --max_lag_ms, --hop_ms apply)")
+    p.add_argument("--serve_sessions", type=int, default=1, help="--serve: concurrent browser sessions")
+    p.add_argument("--serve_screenshot", type=Path, default=None, help="--serve: save a screenshot of the page here")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -262,6 +268,10 @@ def stream(args: argparse.Namespace, pipe: PortraitPipeline, audio: np.ndarray, 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve:
+        from models.live.bench import serve_main
+
+        return serve_main(args)
     import numpy as np
     import torch
 

@@ -1,0 +1,93 @@
+"""The one place where the live server reaches into the inference runtime and the identity files.
+
+Everything models/live needs from the pipeline, the streaming session and the identity configs comes
+through here, so a move of those modules changes these imports only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.pipeline import PortraitPipeline, onnx_renderer_path, resolve_device
+from models.streaming import RenderedFrame, StreamingSession
+from util.errors import InputError
+from util.identity import CONFIG_DIR, load_config, resolve
+
+__all__ = ["CONFIG_DIR", "PortraitPipeline", "RenderedFrame", "SessionSettings", "StreamingSession",
+           "checked_identity", "list_identities", "load_pipeline", "open_session", "resolve_device"]
+
+log = logging.getLogger("lsp")
+IDENTITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file stem: no separators, no leading dot
+CHECKPOINT_KEYS = ("APC", "Audio2Mouth", "Headpose", "Image2Image")  # model_params sections naming a network
+LIVE_ONNX_THREADS = 1  # onnxruntime threads of a live server's renderer (see live_onnx_session)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How every live session of a server runs (the serve.py flags)."""
+
+    frame_step: int = 1  # render every n-th model frame
+    max_lag_ms: float | None = 150.0  # skip frames later than this (None never skips)
+    hop_ms: float = 20.0  # audio-side cadence: every 20 ms packet
+    seed: int = 0  # head-pose sampling seed
+    sigma_scale: float | None = None  # head-pose sampling sigma (None: the identity's config)
+
+
+def checked_identity(name: str) -> str:
+    """`name` when it is a plain identity name (no path separators, no '..'); an InputError otherwise."""
+    if not isinstance(name, str) or not IDENTITY_NAME.match(name) or ".." in name:
+        raise InputError(f"identity {name!r}: expected a name of letters, digits, '_', '-' or '.'")
+    return name
+
+
+def _trained(cfg: dict) -> bool:
+    mp = cfg.get("model_params", {})
+    return all(resolve(cfg, mp[key]["ckp_path"]).is_file() for key in CHECKPOINT_KEYS)
+
+
+def list_identities(config_dir: Path | None = None) -> list[str]:
+    """Names of the identities under `config_dir` whose four checkpoints exist (trained ones)."""
+    folder = Path(config_dir) if config_dir else CONFIG_DIR
+    names = []
+    for path in sorted(folder.glob("*.yaml")):
+        if path.stem == "default" or not IDENTITY_NAME.match(path.stem):
+            continue
+        try:
+            if _trained(load_config(path.stem, folder)):
+                names.append(path.stem)
+        except (InputError, KeyError, TypeError) as err:
+            log.warning("identity %s skipped: %s", path.stem, err)
+    return names
+
+
+def load_pipeline(identity: str, device: str, config_dir: Path | None, backend: str) -> PortraitPipeline:
+    """The identity's pipeline on `device` with the renderer `backend` (InputError on bad input)."""
+    pipe = PortraitPipeline.from_identity(checked_identity(identity), device, config_dir, backend)
+    if backend == "onnx":
+        pipe.renderer.session = live_onnx_session(onnx_renderer_path(pipe.cfg))
+    return pipe
+
+
+def live_onnx_session(path: Path) -> object:
+    """The renderer's onnxruntime session for live serving: LIVE_ONNX_THREADS threads that sleep when
+    idle. A live server shares the CPU with the browser, the video encoder and every session's audio
+    side; onnxruntime's default (a thread per core, spin-waiting between calls) then fights them for the
+    cores and renders slower (measured on the 2-core CPU with other work running: 44 ms per 256² frame
+    against 31 ms with one thread) and leaves nothing for the rest."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = LIVE_ONNX_THREADS
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def open_session(pipe: PortraitPipeline, renderer: object, settings: SessionSettings) -> StreamingSession:
+    """One StreamingSession of `pipe` rendering through `renderer` (a proxy onto the shared renderer)."""
+    return StreamingSession(pipe, seed=settings.seed, sigma_scale=settings.sigma_scale, batch_size=1,
+                            frame_step=settings.frame_step, hop_ms=settings.hop_ms, renderer=renderer,
+                            max_lag_ms=settings.max_lag_ms)
