@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve", action="store_true",
                    help="only the live server, driven by headless Chromium with --audio as its microphone for "
                         "--stream_seconds (with --id; --stream_backend, --frame_step, --max_lag_ms, --hop_ms apply)")
-    p.add_argument("--serve_sessions", type=int, default=1, help="--serve: concurrent browser sessions")
+    p.add_argument("--serve_sessions", type=positive_int, default=1, help="--serve: concurrent browser sessions")
     p.add_argument("--serve_screenshot", type=Path, default=None, help="--serve: save a screenshot of the page here")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     return p.parse_args(argv)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from options.common import non_negative_float, positive_int
+from util.argtypes import ArgumentParser, non_negative_float, non_negative_int, positive_int, seed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="serve.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--id", type=str, required=True, help="identity loaded at start (the page lists every trained one)")
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files (default: config/)")
     p.add_argument("--device", type=str, default="cpu", help="cpu, cuda or cuda:N")
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="renderer backend (onnx: the file scripts/export_onnx.py writes; CPU)")
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to listen on; anything but loopback requires the token")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
+    p.add_argument("--port", type=non_negative_int, default=8080, help="port to listen on (0: any free port)")
     p.add_argument("--token", type=str, default=None,
                    help="access token (default: a random one when --host is not loopback, none on loopback)")
     p.add_argument("--tls_cert", type=Path, default=None,
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "measured 70 ms lower glass-to-glass latency than 50 ms, at the same frame rate)")
     p.add_argument("--idle_timeout_s", type=non_negative_float, default=10.0,
                    help="end a session when its page has been silent this long (closed tab, lost network)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the head-motion sampling")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the head-motion sampling")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.live import runtime
     from models.live.identities import IdentityPool
     from models.live.server import ServerConfig, is_loopback, serve_forever
-    from util.errors import InputError
+    from util.errors import InputError, run_cli
     from util.log import get_logger
 
     get_logger(level=logging.DEBUG if args.verbose else logging.INFO)
@@ -86,17 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    try:
+    def work() -> None:
         runtime.resolve_device(args.device)
         if tls and not (args.tls_cert and args.tls_key):
             raise InputError("--tls_cert and --tls_key go together")
-        asyncio.run(run())
-    except InputError as err:
-        print(f"serve.py: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    return 0
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server is stopped: no error
+            asyncio.run(run())
+
+    return run_cli("serve.py", work)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from conftest import load_script
 
 from models.live.identities import IdentityPool
 from models.live.playout import OutFrame, Playout
-from util.synthetic import make_identity
+from models.synthetic import make_identity
 
 SR = 16000
 MOUTH_GAIN = 1000  # the random-weight mouth moves ~1/1000 px; this makes its speech-driven motion visible

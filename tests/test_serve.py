@@ -306,13 +306,14 @@ def test_a_viewer_that_vanishes_is_dropped(pool):
 # --- in a real browser --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def live(project):
-    """A server for the browser tests: 30 fps, one session at a time, quick to drop silent viewers."""
+    """A server for the browser tests: 30 fps, one session at a time, quick to drop silent viewers; the head
+    holds its mean pose (sigma 0), so a moving mouth region means the mouth moved, not the head."""
     reason = live_browser.unavailable()
     if reason:
         pytest.skip(reason)
     pool = pool_for(project)
     config = ServerConfig("tiny", project / "config", port=0, max_sessions=1, idle_timeout=2.0, max_upload_mb=0.5,
-                          session=SessionSettings(frame_step=2))
+                          session=SessionSettings(frame_step=2, sigma_scale=0.0))
     with BackgroundServer(config, pool) as bg:
         yield bg
     pool.close()

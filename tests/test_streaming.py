@@ -273,3 +273,28 @@ def test_benchmark_reports_every_key(tmp_path):
     assert result["stream_latency_ms_p95"] >= result["stream_latency_ms_p50"]
     for stage in ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "render", "reference_audio2headpose"):
         assert result["stages"][stage]["ms_per_frame"] > 0, stage
+
+
+def test_a_far_too_slow_renderer_skips_instead_of_falling_behind(pipe, speech):
+    """A renderer needing 0.3 s a frame at 4 frames/s (frame_step 15): the paced source hands over all the
+    audio that arrived while it rendered, the late frames are skipped, and the latency stays bounded by
+    the lookahead + max_lag + hop + two render times instead of growing with the session."""
+    import time
+
+    class SlowRenderer:
+        def feature_maps(self, face2d, shoulders2d):
+            return np.zeros((len(face2d), 64, 64), np.uint8)
+
+        def warm_up(self, batch_size):
+            pass
+
+        def __call__(self, maps):
+            time.sleep(0.3 * len(maps))
+            return np.zeros((len(maps), 64, 64, 3), np.uint8)
+
+    session = StreamingSession(pipe, renderer=SlowRenderer(), frame_step=15, max_lag_ms=150)
+    out = []
+    stats = run_live(session, paced_chunks(np.tile(speech, 2), 0.02, 16000), 16000, on_frame=out.append)
+    bound = 1000 * (session.lookahead / pipe.fps + 0.15 + 0.05 + 2 * 0.3)
+    assert stats.dropped > 0 and [f.index for f in out] == list(range(0, 360, 15))
+    assert max(stats.latencies_ms) < bound + 300, (max(stats.latencies_ms), bound)  # 300 ms of scheduling slack

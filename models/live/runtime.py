@@ -7,21 +7,18 @@ through here, so a move of those modules changes these imports only.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.pipeline import PortraitPipeline, onnx_renderer_path, resolve_device
-from models.streaming import RenderedFrame, StreamingSession
+from datasets.identity import CONFIG_DIR, STAGES, check_identity_name, config_path, load_config
+from models.runtime import PortraitPipeline, RenderedFrame, StreamingSession
+from models.runtime.renderer import onnx_renderer_path, resolve_device
 from util.errors import InputError
-from util.identity import CONFIG_DIR, load_config, resolve
 
 __all__ = ["CONFIG_DIR", "PortraitPipeline", "RenderedFrame", "SessionSettings", "StreamingSession",
            "checked_identity", "list_identities", "load_pipeline", "open_session", "resolve_device"]
 
 log = logging.getLogger("lsp")
-IDENTITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a file stem: no separators, no leading dot
-CHECKPOINT_KEYS = ("APC", "Audio2Mouth", "Headpose", "Image2Image")  # model_params sections naming a network
 LIVE_ONNX_THREADS = 1  # onnxruntime threads of a live server's renderer (see live_onnx_session)
 
 
@@ -37,15 +34,12 @@ class SessionSettings:
 
 
 def checked_identity(name: str) -> str:
-    """`name` when it is a plain identity name (no path separators, no '..'); an InputError otherwise."""
-    if not isinstance(name, str) or not IDENTITY_NAME.match(name) or ".." in name:
-        raise InputError(f"identity {name!r}: expected a name of letters, digits, '_', '-' or '.'")
-    return name
+    """`name` when it is a plain identity name (datasets.identity's rule); an InputError otherwise."""
+    return check_identity_name(name, "identity")
 
 
 def _trained(cfg: dict) -> bool:
-    mp = cfg.get("model_params", {})
-    return all(resolve(cfg, mp[key]["ckp_path"]).is_file() for key in CHECKPOINT_KEYS)
+    return all(config_path(cfg, ("model_params", s.section, "ckp_path")).is_file() for s in STAGES.values())
 
 
 def list_identities(config_dir: Path | None = None) -> list[str]:
@@ -53,7 +47,7 @@ def list_identities(config_dir: Path | None = None) -> list[str]:
     folder = Path(config_dir) if config_dir else CONFIG_DIR
     names = []
     for path in sorted(folder.glob("*.yaml")):
-        if path.stem == "default" or not IDENTITY_NAME.match(path.stem):
+        if path.stem == "default" or path.stem.startswith("."):
             continue
         try:
             if _trained(load_config(path.stem, folder)):

@@ -151,16 +151,24 @@ class StreamStats:
                 "stream_dropped_frames": float(self.dropped)}
 
 
-def paced_chunks(audio: np.ndarray, chunk_seconds: float, sample_rate: int, paced: bool = True) -> Iterator[np.ndarray]:
-    """Chunks of `audio`, each yielded no earlier than it would have arrived live (when `paced`)."""
+def paced_chunks(audio: np.ndarray, chunk_seconds: float, sample_rate: int,
+                 paced: bool = True) -> Iterator[np.ndarray]:
+    """Chunks of `audio` as a live source delivers them (when `paced`): a chunk no earlier than its last
+    sample would have arrived, and a reader that fell behind gets everything that has arrived since, in
+    one piece, as from a microphone's buffer. (One chunk per read would let a slow session render a frame
+    per chunk and fall further behind instead of skipping the frames that are already late.)"""
     step = max(1, round(chunk_seconds * sample_rate))
-    start = time.perf_counter()
-    for i in range(0, len(audio), step):
-        chunk = audio[i : i + step]
-        wait = (i + len(chunk)) / sample_rate - (time.perf_counter() - start)
-        if paced and wait > 0:
-            time.sleep(wait)
-        yield chunk
+    start, i = time.perf_counter(), 0
+    while i < len(audio):
+        j = min(len(audio), i + step)
+        if paced:
+            wait = j / sample_rate - (time.perf_counter() - start)
+            if wait > 0:
+                time.sleep(wait)
+            arrived = int((time.perf_counter() - start) * sample_rate) // step * step
+            j = max(j, min(len(audio), arrived))
+        yield audio[i:j]
+        i = j
 
 
 def run_live(session: StreamingSession, chunks: Iterable[np.ndarray], sample_rate: int,
