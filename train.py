@@ -64,18 +64,21 @@ def identity_config(opt: argparse.Namespace) -> Path | None:
     return path
 
 
-def update_identity_config(opt: argparse.Namespace, label: str, config: Path | None) -> None:
-    """Point config/<id>.yaml at this run's network."""
+def update_identity_config(opt: argparse.Namespace, label: str, config: Path | None, meta: dict) -> None:
+    """Point config/<id>.yaml at this run's network, and record the lookahead it was trained with (the
+    runtime refuses a config that says otherwise)."""
     from datasets.identity import STAGES, project_path, set_config_value
     from util.checkpoint import network_path
 
     stage = STAGES[opt.model]
     path = network_path(Path(opt.checkpoints_dir) / opt.name, label, stage.network)
+    values = {"ckp_path": project_path(path), **{k: meta[k] for k in ("frame_future",) if k in meta}}
     if config is None:
-        log.info("no config/<id>.yaml to update: set model_params.%s.ckp_path to %s", stage.section, path)
+        log.info("no config/<id>.yaml to update: set model_params.%s to %s", stage.section, values)
         return
-    if set_config_value(config.parent, config.stem, ("model_params", stage.section, "ckp_path"), project_path(path)):
-        log.info("%s: model_params.%s.ckp_path = %s", config, stage.section, project_path(path))
+    for key, value in values.items():
+        if set_config_value(config.parent, config.stem, ("model_params", stage.section, key), value):
+            log.info("%s: model_params.%s.%s = %s", config, stage.section, key, value)
 
 
 def main(opt: argparse.Namespace) -> dict:
@@ -165,7 +168,7 @@ def main(opt: argparse.Namespace) -> dict:
         visualizer.close()
     if rank == 0 and (config is not None or identity_stage(opt)):
         update_identity_config(opt, "best" if best is not None and opt.config_checkpoint == "best" else "latest",
-                               config)
+                               config, model.network_meta())
     cleanup()
     return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 

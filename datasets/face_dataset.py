@@ -1,5 +1,6 @@
-"""Frames for Feature2Face: the real crop, its feature map (tracked landmarks and shoulders) and the
-identity's 4 candidate images (LSP §4.1). Interpolated frames (no face found) are left out.
+"""Frames for Feature2Face: the real crop, its feature map (tracked landmarks and shoulders), the
+identity's 4 candidate images (LSP §4.1) and the box of the mouth (for the mouth-weighted loss).
+Interpolated frames (no face found) are left out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datasets.base_dataset import BaseDataset, identity_files
 from util.argtypes import positive_int
 from util.errors import InputError
 from util.io import load_npz
-from util.landmarks import feature_map
+from util.landmarks import LIPS, feature_map, mouth_box
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -59,4 +60,5 @@ class FaceDataset(BaseDataset):
         tracks = self.clips[name]
         fmap = feature_map(tracks["pts2d"][j], tracks["shoulders2d"][j], self.size)
         return {"feature_map": torch.from_numpy(fmap)[None].float() / 255.0, "candidates": self.candidates,
-                "image": to_tensor(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))}
+                "image": to_tensor(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)),
+                "mouth_box": torch.tensor(mouth_box(tracks["pts2d"][j][LIPS], self.size))}  # (x0, y0, x1, y1)

@@ -159,7 +159,8 @@ def load_config(identity: str, config_dir: str | Path | None = None) -> dict:
     if not id_path.is_file():
         raise MissingFileError(f"--id {identity}: no config file {id_path} (make one with scripts/preprocess.py "
                                f"or copy the release's config/{identity}.yaml)")
-    cfg = _fill(_merge(read_yaml(CONFIG_DIR / "default.yaml"), read_yaml(id_path)), identity)
+    own = read_yaml(id_path)
+    cfg = _fill(_merge(read_yaml(CONFIG_DIR / "default.yaml"), own), identity)
     for section in ("model_params", "dataset_params"):
         if not isinstance(cfg.get(section), dict):
             raise InputError(f"config file {id_path}: {section} must be a mapping, found {cfg.get(section)!r}")
@@ -172,6 +173,7 @@ def load_config(identity: str, config_dir: str | Path | None = None) -> dict:
         config_path(cfg | {"_path": str(id_path)}, ("dataset_params", key))
     cfg["_root"] = str(config_dir.resolve().parent)
     cfg["_path"] = str(id_path)
+    cfg["_own"] = own  # what the identity's own file says, apart from the defaults
     return cfg
 
 

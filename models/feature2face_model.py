@@ -48,6 +48,9 @@ class Feature2FaceModel(BaseModel):
         parser.add_argument("--num_D", type=positive_int, default=2, help="discriminator scales")
         parser.add_argument("--lambda_L1", type=non_negative_float, default=100.0, help="weight of the L1 loss")
         parser.add_argument("--lambda_feat", type=non_negative_float, default=10.0, help="weight of feature matching")
+        parser.add_argument("--lambda_mouth", type=non_negative_float, default=100.0,
+                            help="weight of an extra L1 over the mouth box (0 = the release's losses only); the "
+                                 "release's code had such a term (weight 500) commented out")
         parser.add_argument("--lambda_vgg", type=non_negative_float, default=10.0,
                             help="weight of the VGG perceptual loss")
         parser.add_argument("--no_ganFeat", action="store_true", help="no discriminator feature-matching loss")
@@ -66,7 +69,7 @@ class Feature2FaceModel(BaseModel):
         g_cfg = Feature2FaceGConfig(size=opt.size, ngf=opt.ngf, num_downs=opt.num_downs or auto_num_downs(opt))
         self.netFeature2Face = Feature2FaceG(g_cfg).to(self.device)
         self.use_d = self.is_train and not opt.no_discriminator
-        self.loss_names = ["G_L1"]
+        self.loss_names = ["G_L1"] + (["G_mouth"] if self.is_train and opt.lambda_mouth > 0 else [])
         if self.use_d:
             d_cfg = MultiscaleDiscriminatorConfig(input_nc=g_cfg.input_nc + g_cfg.output_nc, ndf=opt.ndf,
                                                   n_layers=opt.n_layers_D, num_D=opt.num_D)
@@ -95,6 +98,8 @@ class Feature2FaceModel(BaseModel):
         self.feature_map = batch["feature_map"].to(self.device)  # (B, 1, H, W) in {0, 1}
         self.candidates = batch["candidates"].to(self.device)  # (B, 12, H, W) in [-1, 1]
         self.real = batch["image"].to(self.device)  # (B, 3, H, W) in [-1, 1]
+        self.mouth = mouth_mask(batch["mouth_box"], self.real.shape[-2:]).to(self.device) \
+            if "mouth_box" in batch else None  # (B, 1, H, W) in {0, 1}
 
     def forward(self) -> None:
         self.input = torch.cat([self.feature_map, self.candidates], 1)
@@ -113,6 +118,10 @@ class Feature2FaceModel(BaseModel):
     def backward_G(self) -> torch.Tensor:
         self.loss_G_L1 = F.l1_loss(self.fake.float(), self.real) * self.opt.lambda_L1
         loss = self.loss_G_L1
+        if self.opt.lambda_mouth > 0:
+            self.loss_G_mouth = torch.zeros((), device=self.device) if self.mouth is None else \
+                masked_l1(self.fake.float(), self.real, self.mouth) * self.opt.lambda_mouth
+            loss = loss + self.loss_G_mouth
         if self.use_d:
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 pred_fake = _float(self.netD(torch.cat([self.input, self.fake], 1)))
@@ -130,10 +139,14 @@ class Feature2FaceModel(BaseModel):
 
     @torch.no_grad()
     def current_metrics(self) -> dict[str, float]:
-        """L1 and PSNR (dB) of the rendered frame against the real one, both in [0, 1]."""
+        """L1 and PSNR (dB) of the rendered frame against the real one (both in [0, 1]), and of its mouth box."""
         fake, real = (self.fake.float() + 1) / 2, (self.real + 1) / 2
         mse = F.mse_loss(fake, real).clamp(min=1e-10)
-        return {"L1": float(F.l1_loss(fake, real)), "PSNR": float(10 * torch.log10(1 / mse))}
+        out = {"L1": float(F.l1_loss(fake, real)), "PSNR": float(10 * torch.log10(1 / mse))}
+        if self.mouth is not None:
+            mouth_mse = (((fake - real) ** 2) * self.mouth).sum() / (self.mouth.sum() * 3)
+            out["mouth_PSNR"] = float(10 * torch.log10(1 / mouth_mse.clamp(min=1e-10)))
+        return out
 
     def optimize_parameters(self) -> None:
         with torch.autocast(self.device.type, enabled=self.use_amp):
@@ -149,6 +162,18 @@ class Feature2FaceModel(BaseModel):
         self.optimizer_G.zero_grad(set_to_none=True)
         self.backward_step(self.backward_G(), self.optimizer_G)
         self.scaler.update()
+
+
+def mouth_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 4) boxes (x0, y0, x1, y1) -> (B, 1, H, W) masks, 1 inside the box."""
+    ys, xs = torch.arange(size[0])[:, None], torch.arange(size[1])[None, :]
+    b = boxes[:, :, None, None]
+    return ((xs >= b[:, 0]) & (xs < b[:, 2]) & (ys >= b[:, 1]) & (ys < b[:, 3])).float()[:, None]
+
+
+def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over the masked pixels (all channels)."""
+    return ((fake - real).abs() * mask).sum() / (mask.sum() * fake.shape[1]).clamp(min=1)
 
 
 def auto_num_downs(opt: argparse.Namespace) -> int:

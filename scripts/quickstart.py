@@ -1,10 +1,12 @@
 """The bundled example end to end, on a laptop-class CPU, with no downloads:
 
-    python scripts/quickstart.py [--profile fast|tiny] [--device cpu|cuda]
+    python scripts/quickstart.py [--profile fast|gpu|tiny] [--device cpu|cuda] [--lookahead_ms 300]
 
 1. preprocess the bundled clip (data/example_src/TedLieu_60s.mp4) into data/example/
-2. pre-train APC on the bundled speech (12 min of LibriSpeech), write the identity's APC features
-3. train audio2feature, audio2headpose and feature2face with the profile's budget
+2. write the identity's APC features with the bundled encoder (data/apc/, trained on 81 min of speech;
+   --train_apc pre-trains one on --speech instead)
+3. train audio2feature, audio2headpose and feature2face with the profile's budget, the audio stages with
+   --lookahead_ms of lookahead (the live latency floor)
 4. drive the result with the held-out tail's audio and with another speaker's speech
 5. evaluate and write results/example/report.html and metrics.json
 Every step is skipped when its output exists, so a second run reuses what is done (--force redoes).
@@ -22,8 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "example_src"
+BUNDLED_APC = ROOT / "data" / "apc" / "apc_h256.pth"  # see data/apc/SOURCES.md for how it was trained
+RELEASE_LOOKAHEAD_MS = 300  # LSP §1.13: 18 frames of mouth lookahead at 60 fps
+MAX_POSE_LOOKAHEAD = 15  # LSP §1.13: the pose model's own lookahead; never more than the mouth's
 
-# Training budgets: `fast` fits about 15 minutes on 2 CPU cores; `tiny` is the CI smoke run.
+# Training budgets: `fast` fits about 15 minutes on 2 CPU cores; `gpu` is the full-size recipe; `tiny` is
+# the CI smoke run.
 PROFILES = {
     "fast": {
         "size": 256,
@@ -38,6 +44,18 @@ PROFILES = {
                            "--max_iters", "1200", "--lr", "1e-3", "--val_freq", "5"],
         "feature2face": ["--ngf", "16", "--ndf", "16", "--batch_size", "4", "--max_iters", "700", "--lr", "2e-4",
                          "--n_epochs", "2", "--n_epochs_decay", "1"],
+    },
+    # Full-size networks at 512² for one GPU (about 15 minutes on an H200 by the budgets below, not measured
+    # here: this machine has no GPU); on a CPU only its flags and networks are tested.
+    "gpu": {
+        "size": 512,
+        "apc": ["--segment_length", "480", "--batch_size", "32", "--max_iters", "3000", "--lr", "1e-3", "--amp"],
+        "audio2feature": ["--sequence_length", "240", "--batch_size", "32", "--frame_jump_stride", "4",
+                          "--max_iters", "2000", "--lr", "1e-3", "--val_freq", "5", "--amp"],
+        "audio2headpose": ["--time_frame_length", "240", "--batch_size", "16", "--frame_jump_stride", "5",
+                           "--max_iters", "4000", "--lr", "1e-3", "--val_freq", "5", "--amp"],
+        "feature2face": ["--size", "large", "--batch_size", "4", "--max_iters", "6000", "--lr", "2e-4",
+                         "--n_epochs", "4", "--n_epochs_decay", "2", "--num_threads", "8", "--amp"],
     },
     "tiny": {
         "size": 128,
@@ -56,7 +74,7 @@ PROFILES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from models.evaluation.evaluate import add_metric_weight_flags, metric_weights
-    from util.argtypes import ArgumentParser
+    from util.argtypes import ArgumentParser, non_negative_float
 
     p = ArgumentParser(prog="quickstart.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", type=str, default="fast", choices=tuple(PROFILES), help="training budget")
@@ -71,6 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data_root", type=Path, default=ROOT / "data", help="identities live here")
     p.add_argument("--config_dir", type=Path, default=ROOT / "config", help="config/<id>.yaml goes here")
     p.add_argument("--force", action="store_true", help="redo every step")
+    p.add_argument("--lookahead_ms", type=non_negative_float, default=RELEASE_LOOKAHEAD_MS,
+                   help="audio the mouth model may wait for (300 = the release; 0 = none): the live latency floor")
+    p.add_argument("--apc_ckpt", type=Path, default=BUNDLED_APC, help="the audio encoder (default: the bundled one)")
+    p.add_argument("--train_apc", action="store_true", help="pre-train the audio encoder on --speech instead")
     add_metric_weight_flags(p)
     args = p.parse_args(argv)
     args.weights = metric_weights(p, args)
@@ -87,15 +109,31 @@ def run_step(name: str, fn: Callable[[list[str]], int], args: list[str]) -> None
     print(f"== {name}: done in {time.time() - start:.0f} s", flush=True)
 
 
-def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, timings: dict) -> Path:
+def lookahead_frames(a: argparse.Namespace, fps: float = 60.0) -> dict[str, int]:
+    """--lookahead_ms as frames: the mouth model's, its smoothing's (within the same budget) and the pose
+    model's (the release's 15 frames, never more than the mouth's, so the choice sets the latency)."""
+    frames = round(a.lookahead_ms * fps / 1000)
+    return {"audio2feature": frames, "smooth": min(2, frames // 4), "audio2headpose": min(MAX_POSE_LOOKAHEAD, frames)}
+
+
+def run_name(a: argparse.Namespace, stage: str) -> str:
+    """<id>_<stage>, with the lookahead when it is not the release's (each choice is its own model)."""
+    audio = stage in ("audio2feature", "audio2headpose") and a.lookahead_ms != RELEASE_LOOKAHEAD_MS
+    return f"{a.id}_{stage}" + (f"_{a.lookahead_ms:g}ms" if audio else "")
+
+
+def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict) -> Path:
     """Train (or resume, or skip) one stage; returns its network checkpoint."""
     import train
     from datasets.identity import STAGES
     from util.checkpoint import load_checkpoint_state, network_path, state_path
 
+    name = run_name(a, stage)
     run = a.checkpoints_dir / name
     ckpt = network_path(run, "latest", STAGES[stage].network)
     flags = PROFILES[a.profile][stage]
+    if stage in ("audio2feature", "audio2headpose"):
+        flags = [*flags, "--frame_future", str(lookahead_frames(a)[stage])]
     target = int(flags[flags.index("--max_iters") + 1])
     args = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir", str(a.checkpoints_dir),
             "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir", str(a.config_dir),
@@ -104,6 +142,7 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, ti
         done = load_checkpoint_state(run, "latest", "training state")["total_iters"]
         if done >= target:
             print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
+            point_config_at(a, stage, run)
             return ckpt
         args.append("--continue_train")
     else:
@@ -112,6 +151,23 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, name: str, ti
     run_step(f"train {stage}", train.cli, args)
     timings[f"train_{stage}_s"] = time.time() - start
     return ckpt
+
+
+def point_config_at(a: argparse.Namespace, stage: str, run: Path) -> None:
+    """A reused run: point config/<id>.yaml at it, as training does (a second run may switch lookahead)."""
+    from datasets.identity import STAGES, project_path, set_config_value
+    from util.checkpoint import load_file, network_path
+
+    if stage == "apc" or not (a.config_dir / f"{a.id}.yaml").is_file():
+        return
+    network = STAGES[stage].network
+    best = network_path(run, "best", network)  # train.py's --config_checkpoint defaults
+    path = best if stage != "audio2headpose" and best.is_file() else network_path(run, "latest", network)
+    set_config_value(a.config_dir, a.id, ("model_params", STAGES[stage].section, "ckp_path"), project_path(path))
+    meta = load_file(path, "checkpoint", mmap=True).get("meta", {})
+    if "frame_future" in meta:
+        set_config_value(a.config_dir, a.id, ("model_params", STAGES[stage].section, "frame_future"),
+                         meta["frame_future"])
 
 
 class StepError(RuntimeError):
@@ -131,7 +187,7 @@ def quickstart(a: argparse.Namespace) -> None:
     """Every step of the quickstart, each skipped when its output exists."""
     import json
 
-    from datasets.identity import STAGES, IdentityFiles, check_identity_name
+    from datasets.identity import STAGES, IdentityFiles, check_identity_name, project_path, set_config_value
     from models.evaluation.evaluate import demo_and_evaluate
 
     check_identity_name(a.id)
@@ -148,14 +204,20 @@ def quickstart(a: argparse.Namespace) -> None:
                  ["--video", str(a.video), "--id", a.id, "--size", str(prof["size"]), *common,
                   *(["--force"] if a.force else [])])
         timings["preprocess_s"] = time.time() - t
-    apc = train_stage(a, "apc", a.speech, f"{a.id}_apc", timings)
-    base = IdentityFiles(identity).apc_base
-    if a.force or not base.is_file() or base.stat().st_mtime < apc.stat().st_mtime:
+    apc = train_stage(a, "apc", a.speech, timings) if a.train_apc else a.apc_ckpt
+    if not apc.is_file():
+        raise StepError(f"--apc_ckpt {apc}: no such file (the bundled encoder is data/apc/apc_h256.pth; "
+                        "--train_apc pre-trains one)")
+    files = IdentityFiles(identity)
+    if a.force or not files.apc_base.is_file() or json.loads(files.meta.read_text()).get("apc_checkpoint") != \
+            project_path(apc) or files.apc_base.stat().st_mtime < apc.stat().st_mtime:
         run_step("APC features of the example", preprocess.main,
                  ["--id", a.id, "--only", "apc_features", "--apc_ckpt", str(apc), *common])
     for stage in STAGES:
         if stage != "apc":
-            train_stage(a, stage, identity, f"{a.id}_{stage}", timings)
+            train_stage(a, stage, identity, timings)
+    set_config_value(a.config_dir, a.id, ("model_params", "Audio2Mouth", "smooth_lookahead"),
+                     lookahead_frames(a)["smooth"])
     report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
                                timings, a.weights, a.speech)
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")

@@ -178,3 +178,43 @@ GRAB_FRAMES = """() => {  // keep each new frame on screen as 64 x 64 grey, with
   };
   video.requestVideoFrameCallback(grab);
 }"""
+
+
+def measure_cycles(project: str, cycles: int = 50) -> dict:
+    """Connect and disconnect `cycles` viewers one after another; the resource counts after 20 and after all
+    cycles, the server's stats and the session threads left (run in a fresh process, see below)."""
+    from pathlib import Path
+
+    from models.live.server import BackgroundServer, ServerConfig
+
+    pool = pool_for(Path(project))
+    pool.load("tiny")
+    counts = []
+    with BackgroundServer(ServerConfig("tiny", port=0, max_sessions=1), pool) as bg:
+        for k in range(cycles):
+            asyncio.run(viewer_cycle(bg.url))
+            if k in (19, cycles - 1):
+                wait_sessions(bg, 0)
+                counts.append(resources())
+        stats = bg.call(bg.server.stats)
+    pool.close()
+    left = [t.name for t in threading.enumerate() if t.name.startswith("lsp-session")]
+    return {"counts": counts, "sessions": stats["sessions"], "ended": stats["ended_sessions"], "threads_left": left}
+
+
+def measure_cycles_in_a_fresh_process(project, cycles: int = 50) -> dict:
+    """measure_cycles in a new interpreter: the test suite's own process carries whatever earlier tests
+    allocated (and keep allocating in their leftover threads), which would read as the server's growth."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    code = ("import json, sys; from serve_helpers import measure_cycles; "
+            "print(json.dumps(measure_cycles(sys.argv[1], int(sys.argv[2]))))")
+    proc = subprocess.run([sys.executable, "-c", code, str(project), str(cycles)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -97,6 +97,8 @@ CONFIGS = {
     "ngf_text": ({"model_params": {"Image2Image": {"ngf": "wide"}}}, "Image2Image size/ngf/num_downs"),
     "amp_text": ({"model_params": {"Headpose": {"AMP": ["a", 1]}}}, "Headpose.AMP must be"),
     "fps_0": ({"fps": 0}, "fps must be a number > 0"),
+    "lookahead_mismatch": ({"model_params": {"Audio2Mouth": {"frame_future": 9}}},
+                           "Audio2Mouth.frame_future is 9, but the network was trained with 18"),
     "not_yaml": ("model_params: {APC: [\n", "not valid YAML"),
 }
 

@@ -35,7 +35,7 @@ def tiny_batch(model: str) -> dict:
                 "history": torch.randn(2, rf + t - 1, 12, generator=g), "target": torch.randn(2, t, 12, generator=g)}
     return {"feature_map": (torch.rand(1, 1, 64, 64, generator=g) > 0.9).float(),
             "candidates": torch.rand(1, 12, 64, 64, generator=g) * 2 - 1,
-            "image": torch.rand(1, 3, 64, 64, generator=g) * 2 - 1}
+            "image": torch.rand(1, 3, 64, 64, generator=g) * 2 - 1, "mouth_box": torch.tensor([[20, 36, 44, 60]])}
 
 
 EXTRA = {"feature2face": ["--ngf", "8", "--num_downs", "5", "--ndf", "8", "--no_vgg"],
@@ -97,3 +97,16 @@ def test_init_weights_from_a_release_file_or_ours(name, prefix, tmp_path):
     model = build("--init_weights", str(release))
     with pytest.raises(InputError, match="--init_weights"):
         model.setup()
+
+
+def test_mouth_weighted_loss_counts_only_the_mouth_box():
+    from models.feature2face_model import masked_l1, mouth_mask
+
+    mask = mouth_mask(torch.tensor([[2, 1, 5, 3]]), (6, 8))  # x 2..4, y 1..2
+    assert mask.shape == (1, 1, 6, 8) and mask.sum() == 6 and mask[0, 0, 1, 2] == 1 and mask[0, 0, 3, 2] == 0
+    real = torch.zeros(1, 3, 6, 8)
+    fake = real.clone()
+    fake[..., 0, :] = 5.0  # wrong outside the box only
+    assert masked_l1(fake, real, mask) == 0
+    fake[..., 2, 3] = 1.0  # one wrong pixel of the six in the box
+    assert masked_l1(fake, real, mask) == pytest.approx(1 / 6)

@@ -25,9 +25,9 @@ from serve_helpers import (
     frame,
     make_identity,
     make_project,
+    measure_cycles_in_a_fresh_process,
     mouth_box,
     pool_for,
-    resources,
     serve,
     viewer_cycle,
     wait_sessions,
@@ -275,20 +275,10 @@ def test_serve_explains_bad_input_in_one_line(project, tmp_path):
 
 
 # --- connect / disconnect cycles (a Python WebRTC client: many cycles cost little) ----------------------
-def test_fifty_connect_disconnect_cycles_leave_threads_and_memory_flat(pool):
-    with BackgroundServer(ServerConfig("tiny", port=0, max_sessions=1), pool) as bg:
-        counts = []
-        for k in range(50):
-            asyncio.run(viewer_cycle(bg.url))
-            if k in (19, 49):
-                deadline = time.monotonic() + 10
-                while bg.call(lambda: len(bg.server.sessions)) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                counts.append(resources())
-        stats = bg.call(bg.server.stats)
-    (threads20, rss20, alive20), (threads50, rss50, alive50) = counts
-    assert stats["sessions"] == 0 and stats["ended_sessions"] == 50
-    assert not [t for t in threading.enumerate() if t.name.startswith("lsp-session")]
+def test_fifty_connect_disconnect_cycles_leave_threads_and_memory_flat(project):
+    result = measure_cycles_in_a_fresh_process(project, 50)
+    (threads20, rss20, alive20), (threads50, rss50, alive50) = counts = result["counts"]
+    assert result["sessions"] == 0 and result["ended"] == 50 and not result["threads_left"]
     assert alive20 == alive50 == 0 and threads50 <= threads20, counts  # nothing of a session is kept
     assert rss50 - rss20 < 30, counts  # MB over 30 cycles
 

@@ -25,6 +25,8 @@ OUTER_LIP_RING = list(range(46, 58))
 CONTOUR_ENDS = (0, 14)  # the contour's ends at the ears: their distance is the face width
 INNER_LIP_MID = (62, 59)  # upper and lower inner-lip mid points: their distance is the mouth opening
 NUM_CANDIDATES = 4  # LSP §1.11: the renderer sees the feature map and four candidate images of the person
+MOUTH_MARGIN = 0.25  # the mouth box: the lips' box grown by 25 % of its side on each side
+MIN_CROP_PX = 8  # smallest mouth box side, for a face too small or landmarks collapsed to a point
 
 # MediaPipe Face Mesh vertex of each of the 73 LSP points (image-left = the person's right side).
 # Mesh vertices are fixed on the face, so the contour does not slide: the "fix_contour" layout.
@@ -69,6 +71,20 @@ def mouth_opening(points: np.ndarray) -> np.ndarray:
     """Inner-lip opening (upper mid to lower mid) per frame of (..., 73, D) landmarks: (...)."""
     upper, lower = INNER_LIP_MID
     return np.linalg.norm(points[..., upper, :] - points[..., lower, :], axis=-1)
+
+
+def mouth_box(landmarks2d_mouth: np.ndarray, image_shape: tuple[int, ...],
+              margin: float = MOUTH_MARGIN) -> tuple[int, int, int, int]:
+    """Square box (x0, y0, x1, y1) around mouth points (P, 2) in pixels, grown by `margin` of its side
+    on each side and shifted (not shrunk) to stay inside an image of `image_shape` (H, W[, C])."""
+    pts = np.asarray(landmarks2d_mouth, np.float64)
+    h, w = image_shape[:2]
+    centre = (pts.min(0) + pts.max(0)) / 2
+    side = int(np.ceil(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]), MIN_CROP_PX) * (1 + 2 * margin)))
+    side = min(side, h, w)
+    x0 = int(np.clip(round(centre[0] - side / 2), 0, w - side))
+    y0 = int(np.clip(round(centre[1] - side / 2), 0, h - side))
+    return x0, y0, x0 + side, y0 + side
 
 
 def draw_polylines(canvas: np.ndarray, points: np.ndarray, polylines: list[list[int]],

@@ -41,7 +41,7 @@ from scipy.signal import butter, sosfiltfilt
 from models.evaluation.metrics import psnr
 from util.audio import SAMPLE_RATE
 from util.errors import InputError
-from util.landmarks import LIPS
+from util.landmarks import LIPS, MOUTH_MARGIN, mouth_box
 
 SYNC_BAND_HZ = (1000.0, 3000.0)  # audio band whose loudness follows the opening best (tested against 300-3000)
 SPEECH_BAND_HZ = (300.0, 3000.0)  # telephone band: where speech is told from silence
@@ -57,8 +57,6 @@ SILENCE_DB = 25.0  # frames quieter than speech level - 25 dB are quiet
 DIGITAL_SILENCE_DBFS = -70.0  # frames below this are silent whatever the clip's level (quiet speech: -40..-20)
 MIN_PAUSE_S = 0.3  # shorter quiet runs are gaps between syllables or stop closures, not pauses
 SPEECH_MARGIN_S = 0.15  # the mouth prepares before and relaxes after speech: frames this close are not silent
-MOUTH_MARGIN = 0.25  # mouth crop: the lips' box grown by 25 % of its side on each side
-MIN_CROP_PX = 8  # smallest mouth box side, for a face too small or landmarks collapsed to a point
 POWER_FLOOR = 1e-12  # keeps log10 finite on digital silence
 MIN_OVERLAP_S = 1.0  # each lag's correlation uses at least this much overlap
 FRAMES_PER_BLOCK = 4096  # loudness frames analysed at once
@@ -230,20 +228,6 @@ def silence_opening(opening: np.ndarray, mask: np.ndarray, scale: float) -> floa
     if not scale > 0:
         raise InputError(f"silence_opening: scale must be positive, got {scale}")
     return float(opening[:n][mask[:n]].mean() / scale)
-
-
-def mouth_box(landmarks2d_mouth: np.ndarray, image_shape: tuple[int, ...],
-              margin: float = MOUTH_MARGIN) -> tuple[int, int, int, int]:
-    """Square box (x0, y0, x1, y1) around mouth points (P, 2) in pixels, grown by `margin` of its side
-    on each side and shifted (not shrunk) to stay inside an image of `image_shape` (H, W[, C])."""
-    pts = np.asarray(landmarks2d_mouth, np.float64)
-    h, w = image_shape[:2]
-    centre = (pts.min(0) + pts.max(0)) / 2
-    side = int(np.ceil(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1]), MIN_CROP_PX) * (1 + 2 * margin)))
-    side = min(side, h, w)
-    x0 = int(np.clip(round(centre[0] - side / 2), 0, w - side))
-    y0 = int(np.clip(round(centre[1] - side / 2), 0, h - side))
-    return x0, y0, x0 + side, y0 + side
 
 
 def mouth_crop(img: np.ndarray, landmarks2d_mouth: np.ndarray, margin: float = MOUTH_MARGIN) -> np.ndarray:

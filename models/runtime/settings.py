@@ -154,12 +154,20 @@ def _pair(r: _Reader, keys: tuple[str, ...], lo: float = -math.inf) -> tuple[flo
 
 
 def _meta_number(r: _Reader, meta: dict, name: str, keys: tuple[str, ...], integer: bool = False) -> float:
-    """A value recorded in a checkpoint's meta, else the config's."""
+    """A value recorded in a checkpoint's meta, else the config's. When both the checkpoint and the
+    identity's own config state it, they must agree: a lookahead or rate the network was not trained
+    with would misalign every frame silently."""
     if name in meta:
         value = meta[name]
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value < 0 or (name == "fps" and value <= 0) or (integer and value != int(value)):
             raise InputError(f"checkpoint of config file {r.path}: its recorded {name} is impossible ({value!r})")
+        own: Any = r.cfg.get("_own", {})
+        for k in keys:
+            own = own.get(k) if isinstance(own, dict) else None
+        if own is not None and own != value:
+            raise InputError(f"config file {r.path}: {'.'.join(keys)} is {own!r}, but the network was trained with "
+                             f"{value!r}; set it to {value!r} (or retrain with {name} {own!r})")
         return int(value) if integer else float(value)
     value = r.number(*keys, lo=0, integer=integer)
     if name == "fps" and value <= 0:
