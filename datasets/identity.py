@@ -25,6 +25,7 @@ from util.landmarks import NUM_CANDIDATES, NUM_POINTS, NUM_SHOULDER_POINTS
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "config"
 DATA_DIR = PROJECT_ROOT / "data"
+BUNDLED_APC = DATA_DIR / "apc" / "apc_h256.pth"  # the audio encoder shipped with the project (data/apc/SOURCES.md)
 SHOULDER_REF_FRAME = 1  # LSP §1.9: the shoulders and their reference translation come from frame 1
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 

@@ -5,7 +5,8 @@
 writes data/Alice/ in the release layout (everything demo.py reads, plus per-clip crops, 16 kHz audio,
 tracks and train/val lists for training), config/Alice.yaml, data/Alice/meta.json and an overlay video
 (data/Alice/overlay.mp4) to look at. A second run reuses finished steps; --force redoes them. After APC
-is trained: python scripts/preprocess.py --id Alice --only apc_features --apc_ckpt <APC checkpoint>
+are written with the bundled audio encoder (data/apc/); with another one:
+python scripts/preprocess.py --id Alice --only apc_features --apc_ckpt <APC checkpoint>
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="4 training-frame indices to use as candidate images (default: chosen automatically)")
     p.add_argument("--landmarker", type=Path, default=None,
                    help="MediaPipe face_landmarker.task (default: data/face_landmarker.task, fetched on first use)")
-    p.add_argument("--apc_ckpt", type=Path, default=None, help="APC checkpoint: also write the APC features")
+    p.add_argument("--apc_ckpt", type=Path, default=None,
+                   help="the audio encoder whose features are written (default: the bundled data/apc/apc_h256.pth)")
     p.add_argument("--only", type=str, default=None, choices=("apc_features",), help="run just this step")
     p.add_argument("--force", action="store_true", help="redo every step, writing over this identity's files")
     p.add_argument("--no_overlay", action="store_true", help="do not write overlay.mp4")
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from datasets.identity import check_identity_name
+    from datasets.identity import BUNDLED_APC, check_identity_name
     from datasets.preprocessing.run import Settings, finished_meta, run
     from models.apc_model import write_apc_features
     from util.errors import run_cli
@@ -81,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             min_total=args.min_total, candidates=args.candidates, landmarker=args.landmarker, force=args.force,
             data_root=args.data_root, config_dir=args.config_dir, overlay=not args.no_overlay)
         meta = finished_meta(settings.root, "--only apc_features") if args.only == "apc_features" else run(settings)
-        if args.apc_ckpt is not None or args.only == "apc_features":
-            write_apc_features(settings.root, args.apc_ckpt, args.config_dir, args.id, meta)
+        apc = args.apc_ckpt or (BUNDLED_APC if BUNDLED_APC.is_file() else None)
+        if apc is not None or args.only == "apc_features":
+            write_apc_features(settings.root, apc, args.config_dir, args.id, meta)
         clips = meta["clips"]
         print(f"identity {args.id}: {sum(c['split'] == 'train' for c in clips)} training and "
               f"{sum(c['split'] == 'val' for c in clips)} validation clip(s) in {settings.root}; "

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "example_src"
-BUNDLED_APC = ROOT / "data" / "apc" / "apc_h256.pth"  # see data/apc/SOURCES.md for how it was trained
 RELEASE_LOOKAHEAD_MS = 300  # LSP §1.13: 18 frames of mouth lookahead at 60 fps
 MAX_POSE_LOOKAHEAD = 15  # LSP §1.13: the pose model's own lookahead; never more than the mouth's
 
@@ -91,7 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="redo every step")
     p.add_argument("--lookahead_ms", type=non_negative_float, default=RELEASE_LOOKAHEAD_MS,
                    help="audio the mouth model may wait for (300 = the release; 0 = none): the live latency floor")
-    p.add_argument("--apc_ckpt", type=Path, default=BUNDLED_APC, help="the audio encoder (default: the bundled one)")
+    p.add_argument("--apc_ckpt", type=Path, default=None,
+                   help="the audio encoder (default: the bundled data/apc/apc_h256.pth)")
     p.add_argument("--train_apc", action="store_true", help="pre-train the audio encoder on --speech instead")
     add_metric_weight_flags(p)
     args = p.parse_args(argv)
@@ -187,7 +187,14 @@ def quickstart(a: argparse.Namespace) -> None:
     """Every step of the quickstart, each skipped when its output exists."""
     import json
 
-    from datasets.identity import STAGES, IdentityFiles, check_identity_name, project_path, set_config_value
+    from datasets.identity import (
+        BUNDLED_APC,
+        STAGES,
+        IdentityFiles,
+        check_identity_name,
+        project_path,
+        set_config_value,
+    )
     from models.evaluation.evaluate import demo_and_evaluate
 
     check_identity_name(a.id)
@@ -204,7 +211,7 @@ def quickstart(a: argparse.Namespace) -> None:
                  ["--video", str(a.video), "--id", a.id, "--size", str(prof["size"]), *common,
                   *(["--force"] if a.force else [])])
         timings["preprocess_s"] = time.time() - t
-    apc = train_stage(a, "apc", a.speech, timings) if a.train_apc else a.apc_ckpt
+    apc = train_stage(a, "apc", a.speech, timings) if a.train_apc else (a.apc_ckpt or BUNDLED_APC)
     if not apc.is_file():
         raise StepError(f"--apc_ckpt {apc}: no such file (the bundled encoder is data/apc/apc_h256.pth; "
                         "--train_apc pre-trains one)")
