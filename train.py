@@ -169,6 +169,10 @@ def main(opt: argparse.Namespace) -> dict:
     if rank == 0 and (config is not None or identity_stage(opt)):
         update_identity_config(opt, "best" if best is not None and opt.config_checkpoint == "best" else "latest",
                                config, model.network_meta())
+        if config is not None and getattr(opt, "motion_calibration", "off") == "on":
+            from models.runtime.motion import calibrate_identity
+
+            calibrate_identity(config.stem, config.parent)
     cleanup()
     return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 

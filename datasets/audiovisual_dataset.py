@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from datasets.base_dataset import BaseDataset, identity_files
+from datasets.identity import IdentityFiles
 from util.argtypes import positive_int
 from util.audio import MEL_PER_VIDEO_FRAME
 from util.errors import InputError, MissingFileError
@@ -51,6 +52,30 @@ def training_pose(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
     return np.concatenate([pose, vel], 1).astype(np.float32)
 
 
+def load_clip(files: IdentityFiles, name: str, fps: float, apc_dim: int | None = None,
+              mean_mouth: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One clip at the model rate: 'apc' (n, 2 * d) feature pairs, 'pose' (n, 12) as the pose model learns
+    it and, given the identity's mean mouth, 'mouth' (n, 75) displacements."""
+    clip = files.clip(name)
+    tracks = load_npz(clip.model_tracks(fps), "model-rate tracks", ("pts3d", "rot", "trans"),
+                      f" (re-run scripts/preprocess.py --id {files.root.name} --fps {fps:g})")
+    apc_path = clip.apc_features
+    if not apc_path.is_file():
+        raise MissingFileError(f"{apc_path} not found: this identity has no APC features yet; make them with "
+                               f"python scripts/preprocess.py --id {files.root.name} --only apc_features "
+                               "--apc_ckpt <APC checkpoint>")
+    apc = load_array(apc_path, "APC features", (-1, -1))
+    if apc_dim is not None and apc.shape[1] != apc_dim:
+        raise InputError(f"{apc_path}: {apc.shape[1]}-d APC features, but the model was built for "
+                         f"{apc_dim} (--apc_hidden_size; 0 takes the identity's size)")
+    n = min(len(tracks["rot"]), len(apc) // MEL_PER_VIDEO_FRAME)
+    out = {"apc": apc[: MEL_PER_VIDEO_FRAME * n].reshape(n, -1),
+           "pose": training_pose(tracks["rot"][:n], tracks["trans"][:n])}
+    if mean_mouth is not None:
+        out["mouth"] = tracks["pts3d"][:n, MOUTH].reshape(n, -1).astype(np.float32) - mean_mouth
+    return out
+
+
 class AudiovisualDataset(BaseDataset):
     """Windows over the clips of one split of an identity; see the module docstring."""
 
@@ -77,22 +102,7 @@ class AudiovisualDataset(BaseDataset):
                              f"has {longest} frames at {opt.fps:g} fps (shorten --sequence_length/--time_frame_length)")
 
     def _load_clip(self, name: str) -> dict[str, np.ndarray]:
-        clip = self.files.clip(name)
-        tracks = load_npz(clip.model_tracks(self.opt.fps), "model-rate tracks", ("pts3d", "rot", "trans"),
-                          f" (re-run scripts/preprocess.py --id {self.root.name} --fps {self.opt.fps:g})")
-        apc_path = clip.apc_features
-        if not apc_path.is_file():
-            raise MissingFileError(f"{apc_path} not found: this identity has no APC features yet; make them with "
-                                   f"python scripts/preprocess.py --id {self.root.name} --only apc_features "
-                                   "--apc_ckpt <APC checkpoint>")
-        apc = load_array(apc_path, "APC features", (-1, -1))
-        if apc.shape[1] != self.spec.apc_dim:
-            raise InputError(f"{apc_path}: {apc.shape[1]}-d APC features, but the model was built for "
-                             f"{self.spec.apc_dim} (--apc_hidden_size; 0 takes the identity's size)")
-        n = min(len(tracks["rot"]), len(apc) // MEL_PER_VIDEO_FRAME)
-        mouth = tracks["pts3d"][:n, MOUTH].reshape(n, -1).astype(np.float32) - self.mean_mouth
-        return {"apc": apc[: MEL_PER_VIDEO_FRAME * n].reshape(n, -1), "pose": training_pose(tracks["rot"][:n],
-                tracks["trans"][:n]), "mouth": mouth}
+        return load_clip(self.files, name, self.opt.fps, self.spec.apc_dim, self.mean_mouth)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -45,6 +45,10 @@ class Audio2HeadposeModel(BaseAudioModel):
             # barely moves (measured on the example: 0.2-0.4 deg rotation std for best vs 0.5-0.7 for
             # the last of 750 iterations, real 1.1-2.4); the original used its final model too.
             parser.set_defaults(config_checkpoint="latest")
+            parser.add_argument("--motion_calibration", type=str, default="on", choices=("on", "off"),
+                                help="after training, set the identity's sampling sigma and per-axis motion gains "
+                                     "so sampled head motion matches the tracked one on the training clips "
+                                     "(models/runtime/motion.py)")
         return parser
 
     def __init__(self, opt: argparse.Namespace) -> None:

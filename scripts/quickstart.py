@@ -125,7 +125,7 @@ def run_name(a: argparse.Namespace, stage: str) -> str:
 def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict) -> Path:
     """Train (or resume, or skip) one stage; returns its network checkpoint."""
     import train
-    from datasets.identity import STAGES
+    from datasets.identity import STAGES, IdentityFiles
     from util.checkpoint import load_checkpoint_state, network_path, state_path
 
     name = run_name(a, stage)
@@ -138,7 +138,12 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
     args = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir", str(a.checkpoints_dir),
             "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir", str(a.config_dir),
             "--display_freq", "100", "--print_freq", "50", *flags]
-    if state_path(run, "latest").is_file() and not a.force:
+    features = IdentityFiles(dataroot).apc_base
+    stale = stage in ("audio2feature", "audio2headpose") and ckpt.is_file() and features.is_file() and \
+        ckpt.stat().st_mtime < features.stat().st_mtime
+    if stale:
+        print(f"\n== train {stage}: {run} was trained on older audio features than {features}; training anew")
+    if state_path(run, "latest").is_file() and not a.force and not stale:
         done = load_checkpoint_state(run, "latest", "training state")["total_iters"]
         if done >= target:
             print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
@@ -168,6 +173,10 @@ def point_config_at(a: argparse.Namespace, stage: str, run: Path) -> None:
     if "frame_future" in meta:
         set_config_value(a.config_dir, a.id, ("model_params", STAGES[stage].section, "frame_future"),
                          meta["frame_future"])
+    if stage == "audio2headpose":  # the calibration belongs to the network: redo it for the reused one
+        from models.runtime.motion import calibrate_identity
+
+        calibrate_identity(a.id, a.config_dir, a.device)
 
 
 class StepError(RuntimeError):

@@ -46,6 +46,10 @@ class PoseSettings:
     rot_sigma: float  # causal smoothing, frames
     trans_sigma: float
     shoulder_gain: float  # shoulders follow this fraction of the head translation
+    # per-dimension affine map of the sampled pose (rotation xyz, translation xyz) before the release's
+    # gains: motion_gain * pose + motion_offset; written by the motion calibration (models/runtime/motion.py)
+    motion_gain: tuple[float, ...] = (1.0,) * 6
+    motion_offset: tuple[float, ...] = (0.0,) * 6
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,8 @@ def runtime_settings(cfg: dict, a2f_meta: dict, a2h_meta: dict) -> RuntimeSettin
             sigma_scale=r.number(*a2h, "sigma", lo=0),
             rot_gain=_pair(r, (*a2h, "AMP"))[0], trans_gain=_pair(r, (*a2h, "AMP"))[1],
             rot_sigma=_pair(r, (*a2h, "smooth"), lo=0)[0], trans_sigma=_pair(r, (*a2h, "smooth"), lo=0)[1],
-            shoulder_gain=r.number(*a2h, "shoulder_AMP")),
+            shoulder_gain=r.number(*a2h, "shoulder_AMP"),
+            motion_gain=_six(r, (*a2h, "motion_gain"), 1.0, lo=0), motion_offset=_six(r, (*a2h, "motion_offset"), 0.0)),
         save_feature_maps=r.flag("model_params", "Image2Image", "save_input", default=True),
     )
 
@@ -151,6 +156,19 @@ def _pair(r: _Reader, keys: tuple[str, ...], lo: float = -math.inf) -> tuple[flo
     if min(a, b) < lo:
         raise r.fail(keys, value, f"a list of 2 numbers >= {lo:g}")
     return a, b
+
+
+def _six(r: _Reader, keys: tuple[str, ...], default: float, lo: float = -math.inf) -> tuple[float, ...]:
+    """Six numbers (rotation xyz, translation xyz); absent means `default` for each."""
+    value = r.get(*keys)
+    if value is None:
+        return (default,) * 6
+    if not isinstance(value, list) or len(value) != 6:
+        raise r.fail(keys, value, "a list of 6 numbers (rotation x, y, z, translation x, y, z)")
+    six = tuple(_finite(r, keys, v) for v in value)
+    if min(six) < lo:
+        raise r.fail(keys, value, f"a list of 6 numbers >= {lo:g}")
+    return six
 
 
 def _meta_number(r: _Reader, meta: dict, name: str, keys: tuple[str, ...], integer: bool = False) -> float:

@@ -197,6 +197,8 @@ class PoseStream:
         self.last = None
         self.rot_smoother = CausalSmoother(settings.rot_sigma)
         self.trans_smoother = CausalSmoother(settings.trans_sigma)
+        self.motion_gain = np.asarray(settings.motion_gain, np.float64)
+        self.motion_offset = np.asarray(settings.motion_offset, np.float64)
 
     def _sample(self, out: np.ndarray) -> np.ndarray:
         noise, uniform = self.noise.draw(self.next_pose)
@@ -228,8 +230,9 @@ class PoseStream:
         if self.next_pose > 0 and drop > 0:
             self.cond, self.cond_start = self.cond[drop:], self.cond_start + drop
         raw = np.array(samples, np.float64).reshape(-1, self.cfg.ndim)
-        smoothed = np.concatenate([self.rot_smoother.push(raw[:, 0:3] * self.settings.rot_gain),
-                                   self.trans_smoother.push(raw[:, 3:6] * self.settings.trans_gain)], 1)
+        pose = raw[:, :6] * self.motion_gain + self.motion_offset
+        smoothed = np.concatenate([self.rot_smoother.push(pose[:, 0:3] * self.settings.rot_gain),
+                                   self.trans_smoother.push(pose[:, 3:6] * self.settings.trans_gain)], 1)
         rot, trans = denormalise_pose(smoothed, self.mean_trans)
         return rot, trans, raw
 

@@ -1,0 +1,121 @@
+"""Head-motion calibration: sampled head motion as lively as the person's own.
+
+An audio-driven pose model is under-dispersed: its samples stay near the mean path, and how much depends on
+the axis (on the bundled example, sampled yaw moved at a third of the tracked yaw's spread on the very
+clips it was trained on) and on the sampling sigma (which mostly sets how fast the head moves, not how far).
+The original tuned a rotation and a translation gain per identity by hand (`Headpose.AMP`, LSP §2.2). Here
+they are measured: the trained model is sampled over the audio of the identity's *training* clips (never the
+held-out ones) and compared with the tracked poses of the same clips.
+- For each sigma of a grid, a per-dimension gain makes the sampled spread (std of rotation x, y, z and
+  translation x, y, z) equal the tracked one, and an offset puts the sampled mean on the tracked mean.
+- The sigma whose calibrated rotation speed (mean degrees per second) is closest to the tracked speed wins.
+The result is written to config/<id>.yaml as Headpose.sigma, Headpose.motion_gain and Headpose.motion_offset
+(PoseSettings applies them to every sampled pose before the release's gains); train.py does it after
+training audio2headpose (--motion_calibration off to keep the config's values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.audiovisual_dataset import load_clip
+from datasets.identity import STAGES, IdentityFiles, config_path, load_config, set_config_value
+from models.networks import NETWORKS
+from models.runtime.settings import PoseSettings, runtime_settings
+from models.runtime.streams import PoseStream
+from util.checkpoint import load_network
+from util.geometry import normalise_pose
+
+log = logging.getLogger(__name__)
+
+SIGMAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # sampling sigma scales tried
+GAIN_RANGE = (0.5, 4.0)  # a gain outside it means the model, not its spread, is wrong: clipped
+SEEDS = (0, 1)  # two draws per clip: the statistics of one are noisy on a minute of video
+
+
+@dataclass(frozen=True)
+class MotionCalibration:
+    sigma: float
+    gain: np.ndarray  # (6,) rotation xyz, translation xyz
+    offset: np.ndarray  # (6,)
+    real_std: np.ndarray  # (6,) tracked, training clips
+    sampled_std: np.ndarray  # (6,) sampled at `sigma` before calibration
+    real_speed: float  # rotation degrees / s, tracked
+    speed: float  # rotation degrees / s, sampled at `sigma` after calibration
+    seconds: float  # of training audio used
+
+    def config_values(self) -> dict[str, object]:
+        return {"sigma": float(self.sigma), "motion_gain": [round(float(g), 4) for g in self.gain],
+                "motion_offset": [round(float(b), 4) for b in self.offset]}
+
+
+def sample_clip_poses(net: torch.nn.Module, settings: PoseSettings, apc_pairs: np.ndarray, sigma: float, seed: int,
+                      device: torch.device) -> np.ndarray:
+    """The pose the runtime samples for one clip's APC pairs (n, 2 * d), smoothed, without any gain or
+    calibration, in the model's normalised units: (n, 6)."""
+    plain = dataclasses.replace(settings, rot_gain=1.0, trans_gain=1.0, motion_gain=(1.0,) * 6,
+                                motion_offset=(0.0,) * 6)
+    stream = PoseStream(net, plain, np.zeros(3), seed, sigma, device)
+    pairs = torch.from_numpy(np.ascontiguousarray(apc_pairs, np.float32))
+    n = len(pairs)
+    rot, trans, _ = stream.push(pairs)
+    missing = max(0, n + settings.frame_future - (stream.cond_start + len(stream.cond)))
+    rot2, trans2, _ = stream.push(pairs[-1:].repeat(missing, 1), limit=n)
+    return normalise_pose(np.concatenate([rot, rot2]), np.concatenate([trans, trans2]), np.zeros(3))
+
+
+def rotation_speed(poses: list[np.ndarray], fps: float) -> float:
+    """Mean rotation speed (degrees / s) over clips, never across a clip boundary."""
+    steps = np.concatenate([np.linalg.norm(np.diff(p[:, :3], axis=0), axis=1) for p in poses if len(p) > 1])
+    return float(steps.mean() * fps)
+
+
+def calibrate(net: torch.nn.Module, settings: PoseSettings, clips: list[dict[str, np.ndarray]], fps: float,
+              device: torch.device, sigmas: tuple[float, ...] = SIGMAS) -> MotionCalibration:
+    """Sigma, gain and offset that make the sampled motion of `clips` (load_clip dicts) match their tracked
+    motion; see the module docstring."""
+    real = [c["pose"][:, :6].astype(np.float64) for c in clips]
+    real_all = np.concatenate(real)
+    real_std, real_mean, real_speed = real_all.std(0), real_all.mean(0), rotation_speed(real, fps)
+    best = None
+    for sigma in sigmas:
+        sampled = [sample_clip_poses(net, settings, c["apc"], sigma, seed, device) for seed in SEEDS for c in clips]
+        s_all = np.concatenate(sampled)
+        s_std = s_all.std(0)
+        gain = np.clip(real_std / np.maximum(s_std, 1e-8), *GAIN_RANGE)
+        offset = real_mean - gain * s_all.mean(0)
+        speed = rotation_speed([p * gain + offset for p in sampled], fps)
+        miss = abs(np.log(max(speed, 1e-8) / max(real_speed, 1e-8)))
+        if best is None or miss < best[0]:
+            best = (miss, MotionCalibration(sigma, gain, offset, real_std, s_std, real_speed, speed,
+                                            len(real_all) / fps))
+    return best[1]
+
+
+def calibrate_identity(identity: str, config_dir: Path, device: torch.device | str = "cpu") -> MotionCalibration:
+    """Calibrate the head motion of the audio2headpose network config/<identity>.yaml points at, and write
+    the result into that config."""
+    device = torch.device(device)
+    cfg = load_config(identity, config_dir)
+    net_cls, config_cls = NETWORKS[STAGES["audio2headpose"].network]
+    path = config_path(cfg, ("model_params", STAGES["audio2headpose"].section, "ckp_path"))
+    net, _, meta = load_network(path, STAGES["audio2headpose"].network, net_cls, config_cls, config_cls(),
+                                "Audio2Headpose checkpoint")
+    net = net.to(device).eval()
+    settings = runtime_settings(cfg, {}, meta)
+    files = IdentityFiles(config_path(cfg, ("dataset_params", "root")))
+    clips = [load_clip(files, name, settings.fps) for name in files.clips("train")]
+    cal = calibrate(net, settings.pose, clips, settings.fps, device)
+    for key, value in cal.config_values().items():
+        set_config_value(Path(config_dir), identity, ("model_params", STAGES["audio2headpose"].section, key), value)
+    log.info("head motion calibrated on %.0f s of training clips: sigma %g, gain %s; rotation std tracked %s vs "
+             "sampled %s deg, speed %.1f vs %.1f deg/s after calibration", cal.seconds, cal.sigma,
+             np.round(cal.gain, 2).tolist(), np.round(cal.real_std[:3], 2).tolist(),
+             np.round(cal.sampled_std[:3], 2).tolist(), cal.real_speed, cal.speed)
+    return cal
