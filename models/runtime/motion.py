@@ -32,7 +32,7 @@ from models.runtime.streams import PoseStream
 from util.checkpoint import load_network
 from util.geometry import normalise_pose
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lsp")
 
 SIGMAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # sampling sigma scales tried
 GAIN_RANGE = (0.5, 4.0)  # a gain outside it means the model, not its spread, is wrong: clipped
