@@ -172,7 +172,7 @@ def main(opt: argparse.Namespace) -> dict:
         if config is not None and getattr(opt, "motion_calibration", "off") == "on":
             from models.runtime.motion import calibrate_identity
 
-            calibrate_identity(config.stem, config.parent)
+            calibrate_identity(config.stem, config.parent, speech=opt.motion_speech)
     cleanup()
     return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 

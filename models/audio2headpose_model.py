@@ -8,6 +8,7 @@ t + frame_future, exactly as at inference (the release trained with t + 14 and s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -47,8 +48,11 @@ class Audio2HeadposeModel(BaseAudioModel):
             parser.set_defaults(config_checkpoint="latest")
             parser.add_argument("--motion_calibration", type=str, default="on", choices=("on", "off"),
                                 help="after training, set the identity's sampling sigma and per-axis motion gains "
-                                     "so sampled head motion matches the tracked one on the training clips "
+                                     "so head motion sampled for unseen speech matches the tracked one "
                                      "(models/runtime/motion.py)")
+            parser.add_argument("--motion_speech", type=Path, default=None,
+                                help="folder of speech for the motion calibration (default: the bundled "
+                                     "data/example_src/speech)")
         return parser
 
     def __init__(self, opt: argparse.Namespace) -> None:

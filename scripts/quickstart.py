@@ -176,7 +176,7 @@ def point_config_at(a: argparse.Namespace, stage: str, run: Path) -> None:
     if stage == "audio2headpose":  # the calibration belongs to the network: redo it for the reused one
         from models.runtime.motion import calibrate_identity
 
-        calibrate_identity(a.id, a.config_dir, a.device)
+        calibrate_identity(a.id, a.config_dir, speech=a.speech, device=a.device)
 
 
 class StepError(RuntimeError):

@@ -74,47 +74,24 @@ class PortraitPipeline:
         """Load config/<identity>.yaml, data/<identity>/ and the four checkpoints it names."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         cfg = load_config(identity, config_dir)
-        mp = cfg["model_params"]
-
-        def load(stage: str, default: object | None = None, **kw: object) -> tuple:
-            s = STAGES[stage]
-            net_cls, config_cls = NETWORKS[s.network]
-            path = config_path(cfg, ("model_params", s.section, "ckp_path"))
-            what = f"{s.network} checkpoint"
-            return load_network(path, s.network, net_cls, config_cls, default or config_cls(), what, **kw)
-
+        side = load_audio_side(cfg, device)
         try:
-            apc_default = APCConfig(mel_dim=int(mp["APC"]["mel_dim"]), hidden_size=int(mp["APC"]["hidden_size"]),
-                                    num_layers=int(mp["APC"]["num_layers"]), residual=bool(mp["APC"]["residual"]))
-            i2i = mp["Image2Image"]
+            i2i = cfg["model_params"]["Image2Image"]
             g_default = Feature2FaceGConfig(size=str(i2i["size"]), ngf=int(i2i.get("ngf", 64)),
                                             num_downs=int(i2i.get("num_downs", 8)))
         except (KeyError, TypeError, ValueError) as err:
-            raise InputError(f"config file {cfg['_path']}: APC sizes or Image2Image size/ngf/num_downs are not "
+            raise InputError(f"config file {cfg['_path']}: Image2Image size/ngf/num_downs are not "
                              f"valid ({type(err).__name__}: {err})") from err
-        assets = IdentityAssets.load(cfg, need_apc_base=runtime_settings(cfg, {}, {}).encoder.use_lle)
-        apc, _, _ = load("apc", apc_default, optional_prefixes=("postnet.",))
-        a2f, _, a2f_meta = load("audio2feature")
-        a2h, _, a2h_meta = load("audio2headpose")
-        netg, _, _ = load("feature2face", g_default, strip=("module.", "netG."))
-        settings = runtime_settings(cfg, a2f_meta, a2h_meta)
-        return cls.build(cfg, assets, apc, a2f, a2h, netg, device, settings, backend)
+        netg, _, _ = _load_stage(cfg, "feature2face", g_default, strip=("module.", "netG."))
+        renderer = FaceRenderer(netg, side.assets, device, backend, onnx_renderer_path(cfg))
+        return cls(cfg, side, renderer)
 
     @classmethod
     def build(cls, cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet, a2h: Audio2HeadposeNet,
               netg: Feature2FaceG, device: torch.device, settings: RuntimeSettings | None = None,
               backend: str = "torch") -> PortraitPipeline:
         """Chain loaded networks (settings default to the config's, for networks that carry no meta)."""
-        settings = settings or runtime_settings(cfg, {}, {})
-        database = None
-        if assets.apc_base is not None and settings.encoder.use_lle:
-            if assets.apc_base.shape[1] != apc.cfg.hidden_size:
-                raise InputError(f"APC feature database in {assets.root}: features are {assets.apc_base.shape[1]}-d "
-                                 f"but the APC encoder gives {apc.cfg.hidden_size}-d")
-            database = FeatureDatabase(torch.from_numpy(assets.apc_base))
-        encoder = AudioEncoder(apc.to(device), LogMel(MelConfig(fps=settings.fps, n_mels=apc.cfg.mel_dim)), database,
-                               settings.encoder, device)
-        side = AudioSide(encoder, a2f.to(device), a2h.to(device), settings, assets, device)
+        side = build_audio_side(cfg, assets, apc, a2f, a2h, device, settings or runtime_settings(cfg, {}, {}))
         return cls(cfg, side, FaceRenderer(netg, assets, device, backend, onnx_renderer_path(cfg)))
 
     def check_audio(self, audio: np.ndarray, name: str) -> int:
@@ -165,3 +142,41 @@ class PortraitPipeline:
         overlap = self.renderer.device.type == "cuda" if overlap is None else overlap
         return write_offline(self, stream, self.frame_batches(stream, audio), audio, n, out_dir, name, batch_size,
                              save_intermediates, overlap, chunk_frames=int(OFFLINE_CHUNK_SECONDS * self.fps))
+
+
+def _load_stage(cfg: dict, stage: str, default: object | None = None, **kw: object) -> tuple:
+    """The network config[model_params][<stage section>].ckp_path names: (network, its config, meta)."""
+    s = STAGES[stage]
+    net_cls, config_cls = NETWORKS[s.network]
+    path = config_path(cfg, ("model_params", s.section, "ckp_path"))
+    return load_network(path, s.network, net_cls, config_cls, default or config_cls(), f"{s.network} checkpoint", **kw)
+
+
+def load_audio_side(cfg: dict, device: torch.device) -> AudioSide:
+    """An identity's audio side (APC, manifold, Audio2Feature, Audio2Headpose, settings, assets) from its
+    loaded config; needs no renderer, so it works before Feature2Face is trained."""
+    mp = cfg["model_params"]
+    try:
+        apc_default = APCConfig(mel_dim=int(mp["APC"]["mel_dim"]), hidden_size=int(mp["APC"]["hidden_size"]),
+                                num_layers=int(mp["APC"]["num_layers"]), residual=bool(mp["APC"]["residual"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"config file {cfg['_path']}: APC sizes are not valid ({type(err).__name__}: {err})") from err
+    assets = IdentityAssets.load(cfg, need_apc_base=runtime_settings(cfg, {}, {}).encoder.use_lle)
+    apc, _, _ = _load_stage(cfg, "apc", apc_default, optional_prefixes=("postnet.",))
+    a2f, _, a2f_meta = _load_stage(cfg, "audio2feature")
+    a2h, _, a2h_meta = _load_stage(cfg, "audio2headpose")
+    return build_audio_side(cfg, assets, apc, a2f, a2h, device, runtime_settings(cfg, a2f_meta, a2h_meta))
+
+
+def build_audio_side(cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet, a2h: Audio2HeadposeNet,
+                     device: torch.device, settings: RuntimeSettings) -> AudioSide:
+    """Chain loaded audio networks with the identity's feature database."""
+    database = None
+    if assets.apc_base is not None and settings.encoder.use_lle:
+        if assets.apc_base.shape[1] != apc.cfg.hidden_size:
+            raise InputError(f"APC feature database in {assets.root}: features are {assets.apc_base.shape[1]}-d "
+                             f"but the APC encoder gives {apc.cfg.hidden_size}-d")
+        database = FeatureDatabase(torch.from_numpy(assets.apc_base))
+    encoder = AudioEncoder(apc.to(device), LogMel(MelConfig(fps=settings.fps, n_mels=apc.cfg.mel_dim)), database,
+                           settings.encoder, device)
+    return AudioSide(encoder, a2f.to(device), a2h.to(device), settings, assets, device)
