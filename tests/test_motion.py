@@ -15,6 +15,7 @@ from datasets.identity import PROJECT_ROOT as ROOT
 from datasets.identity import IdentityFiles, load_config
 from models.runtime.motion import (
     GAIN_RANGE,
+    ROT_SMOOTH_SECONDS,
     SEEDS,
     SIGMAS,
     rotation_speed,
@@ -54,6 +55,7 @@ def test_training_calibrates_the_motion_the_runtime_then_samples(tmp_path):
     cfg = load_config("syn", config_dir)
     hp = cfg["model_params"]["Headpose"]
     assert hp["sigma"] in SIGMAS and len(hp["motion_gain"]) == 6 and len(hp["motion_offset"]) == 6
+    assert any(abs(hp["smooth"][0] - t * 60) < 1e-9 for t in ROT_SMOOTH_SECONDS)
     side = load_audio_side(cfg, torch.device("cpu"))
     assert side.settings.pose.motion_gain == tuple(hp["motion_gain"])
     pairs = [speech_pairs(side.encoder, a) for a in speech_files(speech)]

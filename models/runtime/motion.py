@@ -11,9 +11,12 @@ std 1.23 deg on training audio, 0.46 on the held-out tail, 0.59 on unseen LibriS
 there would leave new speech under-animated.
 - For each sigma of a grid, a per-dimension gain makes the sampled spread (std of rotation x, y, z and
   translation x, y, z) equal the tracked one, and an offset puts the sampled mean on the tracked mean.
-- The sigma whose calibrated rotation speed (mean degrees per second) is closest to the tracked speed wins.
-The result is written to config/<id>.yaml as Headpose.sigma, Headpose.motion_gain and Headpose.motion_offset
-(PoseSettings applies them to every sampled pose before the release's gains); train.py does it after
+- The sigma and rotation smoothing (the causal one the runtime applies; 5 to 15 frames at 60 fps)
+  whose calibrated rotation speed (mean degrees per second) is closest to the tracked speed win: large gains
+  also amplify the frame-to-frame wobble of the model's mean path, which only more smoothing takes out.
+The result is written to config/<id>.yaml as Headpose.sigma, Headpose.smooth, Headpose.motion_gain and
+Headpose.motion_offset (PoseSettings applies the gain and offset to every sampled pose before the release's
+gains); train.py does it after
 training audio2headpose (--motion_calibration off to keep the config's values).
 """
 
@@ -32,6 +35,7 @@ from datasets.audiovisual_dataset import load_clip
 from datasets.identity import PROJECT_ROOT, STAGES, IdentityFiles, config_path, load_config, set_config_value
 from models.runtime.pipeline import load_audio_side
 from models.runtime.settings import PoseSettings
+from models.runtime.smoothing import CausalSmoother
 from models.runtime.streams import AudioEncoder, FeatureStream, PairBuffer, PoseStream
 from util.audio import SAMPLE_RATE, load_audio
 from util.errors import InputError
@@ -41,6 +45,8 @@ log = logging.getLogger("lsp")
 
 SIGMAS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)  # sampling sigma scales tried
 GAIN_RANGE = (0.5, 4.0)  # a gain outside it means the model, not its spread, is wrong: clipped
+ROT_SMOOTH_SECONDS = (5 / 60, 7.5 / 60, 10 / 60, 15 / 60)  # rotation smoothing tried (the release's 5 frames at 60
+# fps and more); absolute, so calibrating twice gives the same result
 SEEDS = (0,)  # draws per utterance (two minutes of speech give stable statistics with one)
 BUNDLED_SPEECH = PROJECT_ROOT / "data" / "example_src" / "speech"  # 12 min of LibriSpeech (not any identity's)
 SPEECH_SECONDS = 120.0  # of unseen speech sampled
@@ -49,6 +55,8 @@ SPEECH_SECONDS = 120.0  # of unseen speech sampled
 @dataclass(frozen=True)
 class MotionCalibration:
     sigma: float
+    rot_smooth: float  # causal smoothing of the rotation, frames
+    trans_smooth: float  # of the translation (kept from the config)
     gain: np.ndarray  # (6,) rotation xyz, translation xyz
     offset: np.ndarray  # (6,)
     real_std: np.ndarray  # (6,) tracked, training clips
@@ -58,7 +66,8 @@ class MotionCalibration:
     seconds: float  # of unseen speech sampled
 
     def config_values(self) -> dict[str, object]:
-        return {"sigma": float(self.sigma), "motion_gain": [round(float(g), 4) for g in self.gain],
+        return {"sigma": float(self.sigma), "smooth": [float(self.rot_smooth), float(self.trans_smooth)],
+                "motion_gain": [round(float(g), 4) for g in self.gain],
                 "motion_offset": [round(float(b), 4) for b in self.offset]}
 
 
@@ -99,18 +108,22 @@ def calibrate(net: torch.nn.Module, settings: PoseSettings, clips: list[dict[str
     real = [c["pose"][:, :6].astype(np.float64) for c in clips]
     real_all = np.concatenate(real)
     real_std, real_mean, real_speed = real_all.std(0), real_all.mean(0), rotation_speed(real, fps)
+    unsmoothed = dataclasses.replace(settings, rot_sigma=0.0)
+    smooths = tuple(t * fps for t in ROT_SMOOTH_SECONDS)
     best = None
     for sigma in sigmas:
-        sampled = [sample_clip_poses(net, settings, pairs, sigma, seed, device) for seed in SEEDS for pairs in speech]
-        s_all = np.concatenate(sampled)
-        s_std = s_all.std(0)
-        gain = np.clip(real_std / np.maximum(s_std, 1e-8), *GAIN_RANGE)
-        offset = real_mean - gain * s_all.mean(0)
-        speed = rotation_speed([p * gain + offset for p in sampled], fps)
-        miss = abs(np.log(max(speed, 1e-8) / max(real_speed, 1e-8)))
-        if best is None or miss < best[0]:
-            best = (miss, MotionCalibration(sigma, gain, offset, real_std, s_std, real_speed, speed,
-                                            len(s_all) / len(SEEDS) / fps))
+        raw = [sample_clip_poses(net, unsmoothed, pairs, sigma, seed, device) for seed in SEEDS for pairs in speech]
+        for smooth in smooths:
+            sampled = [np.concatenate([CausalSmoother(smooth).push(p[:, :3]), p[:, 3:]], 1) for p in raw]
+            s_all = np.concatenate(sampled)
+            s_std = s_all.std(0)
+            gain = np.clip(real_std / np.maximum(s_std, 1e-8), *GAIN_RANGE)
+            offset = real_mean - gain * s_all.mean(0)
+            speed = rotation_speed([p * gain + offset for p in sampled], fps)
+            miss = abs(np.log(max(speed, 1e-8) / max(real_speed, 1e-8)))
+            if best is None or miss < best[0]:
+                best = (miss, MotionCalibration(sigma, smooth, settings.trans_sigma, gain, offset, real_std, s_std,
+                                                real_speed, speed, len(s_all) / len(SEEDS) / fps))
     return best[1]
 
 
@@ -142,8 +155,9 @@ def calibrate_identity(identity: str, config_dir: Path, speech: Path | None = No
     cal = calibrate(side.pose_net.eval(), side.settings.pose, clips, pairs, side.settings.fps, device)
     for key, value in cal.config_values().items():
         set_config_value(Path(config_dir), identity, ("model_params", STAGES["audio2headpose"].section, key), value)
-    log.info("head motion calibrated on %.0f s of unseen speech: sigma %g, gain %s; rotation std tracked %s vs "
-             "sampled %s deg, speed %.1f vs %.1f deg/s after calibration", cal.seconds, cal.sigma,
+    log.info("head motion calibrated on %.0f s of unseen speech: sigma %g, rotation smoothing %g, gain %s; rotation "
+             "std tracked %s vs sampled %s deg, speed %.1f vs %.1f deg/s after calibration", cal.seconds, cal.sigma,
+             cal.rot_smooth,
              np.round(cal.gain, 2).tolist(), np.round(cal.real_std[:3], 2).tolist(),
              np.round(cal.sampled_std[:3], 2).tolist(), cal.real_speed, cal.speed)
     return cal
