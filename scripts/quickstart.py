@@ -235,7 +235,7 @@ def quickstart(a: argparse.Namespace) -> None:
     set_config_value(a.config_dir, a.id, ("model_params", "Audio2Mouth", "smooth_lookahead"),
                      lookahead_frames(a)["smooth"])
     report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
-                               timings, a.weights, a.speech)
+                               timings, a.weights, a.speech if a.train_apc else None)
     print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
 
 

@@ -221,7 +221,10 @@ def _training_summary(cfg: dict, speech_dir: Path | None) -> dict:
         parts = split_network_path(path)
         state = state_path(path.parent, parts[0]) if parts else None
         if state is not None and state.is_file():
-            info["iterations"] = int(load_file(state, "training state")["total_iters"])
+            try:  # a summary line: an unreadable state (e.g. written by an older version) only loses it
+                info["iterations"] = int(load_file(state, "training state")["total_iters"])
+            except (InputError, KeyError, TypeError, ValueError) as err:
+                log.warning("training summary: %s", str(err).splitlines()[0][:200])
         out[stage.section] = info
     if speech_dir is not None and Path(speech_dir).is_dir():
         import soundfile as sf
