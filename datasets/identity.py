@@ -190,9 +190,13 @@ def config_path(cfg: dict, keys: tuple[str, ...]) -> Path:
 
 
 def resolve(cfg: dict, path: str | Path) -> Path:
-    """A config path, relative to the project root when not absolute."""
+    """A config path; a relative one is looked up in the config's project (the folder holding config/), then
+    in this project (bundled files such as data/apc/ referenced from a config kept elsewhere)."""
     p = Path(path)
-    return p if p.is_absolute() else Path(cfg.get("_root", PROJECT_ROOT)) / p
+    if p.is_absolute():
+        return p
+    here = Path(cfg.get("_root", PROJECT_ROOT)) / p
+    return here if here.exists() or not (PROJECT_ROOT / p).exists() else PROJECT_ROOT / p
 
 
 def project_path(path: Path) -> str:
