@@ -147,7 +147,7 @@ def calibrate_identity(identity: str, config_dir: Path, speech: Path | None = No
     folder; default the bundled LibriSpeech), and write the result into that config."""
     device = torch.device(device)
     cfg = load_config(identity, config_dir)
-    side = load_audio_side(cfg, device)
+    side = load_audio_side(cfg, device, with_mouth=False)
     files = IdentityFiles(config_path(cfg, ("dataset_params", "root")))
     clips = [load_clip(files, name, side.settings.fps) for name in files.clips("train")]
     with torch.no_grad():

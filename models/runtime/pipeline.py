@@ -152,9 +152,10 @@ def _load_stage(cfg: dict, stage: str, default: object | None = None, **kw: obje
     return load_network(path, s.network, net_cls, config_cls, default or config_cls(), f"{s.network} checkpoint", **kw)
 
 
-def load_audio_side(cfg: dict, device: torch.device) -> AudioSide:
+def load_audio_side(cfg: dict, device: torch.device, with_mouth: bool = True) -> AudioSide:
     """An identity's audio side (APC, manifold, Audio2Feature, Audio2Headpose, settings, assets) from its
-    loaded config; needs no renderer, so it works before Feature2Face is trained."""
+    loaded config; needs no renderer, so it works before Feature2Face is trained (and without
+    Audio2Feature when `with_mouth` is false: the pose side alone, mouth_net None)."""
     mp = cfg["model_params"]
     try:
         apc_default = APCConfig(mel_dim=int(mp["APC"]["mel_dim"]), hidden_size=int(mp["APC"]["hidden_size"]),
@@ -163,12 +164,12 @@ def load_audio_side(cfg: dict, device: torch.device) -> AudioSide:
         raise InputError(f"config file {cfg['_path']}: APC sizes are not valid ({type(err).__name__}: {err})") from err
     assets = IdentityAssets.load(cfg, need_apc_base=runtime_settings(cfg, {}, {}).encoder.use_lle)
     apc, _, _ = _load_stage(cfg, "apc", apc_default, optional_prefixes=("postnet.",))
-    a2f, _, a2f_meta = _load_stage(cfg, "audio2feature")
+    a2f, _, a2f_meta = _load_stage(cfg, "audio2feature") if with_mouth else (None, None, {})
     a2h, _, a2h_meta = _load_stage(cfg, "audio2headpose")
     return build_audio_side(cfg, assets, apc, a2f, a2h, device, runtime_settings(cfg, a2f_meta, a2h_meta))
 
 
-def build_audio_side(cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet, a2h: Audio2HeadposeNet,
+def build_audio_side(cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet | None, a2h: Audio2HeadposeNet,
                      device: torch.device, settings: RuntimeSettings) -> AudioSide:
     """Chain loaded audio networks with the identity's feature database."""
     database = None
@@ -179,4 +180,4 @@ def build_audio_side(cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2Fea
         database = FeatureDatabase(torch.from_numpy(assets.apc_base))
     encoder = AudioEncoder(apc.to(device), LogMel(MelConfig(fps=settings.fps, n_mels=apc.cfg.mel_dim)), database,
                            settings.encoder, device)
-    return AudioSide(encoder, a2f.to(device), a2h.to(device), settings, assets, device)
+    return AudioSide(encoder, a2f.to(device) if a2f is not None else None, a2h.to(device), settings, assets, device)

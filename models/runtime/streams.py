@@ -65,7 +65,7 @@ class AudioSide:
     """What the audio side of one identity runs: its networks, settings and assets, loaded once."""
 
     encoder: AudioEncoder
-    mouth_net: Audio2FeatureNet
+    mouth_net: Audio2FeatureNet | None  # None: a pose-only side (motion calibration)
     pose_net: Audio2HeadposeNet
     settings: RuntimeSettings
     assets: IdentityAssets
