@@ -148,7 +148,7 @@ def run(args: argparse.Namespace, pipe: PortraitPipeline, clip: np.ndarray, work
     def pose() -> tuple[np.ndarray, np.ndarray]:
         buf, stream = PairBuffer(), PoseStream(side.pose_net, st.pose, side.assets.mean_trans, 0, 0.3, dev)
         a_out, b_out = stream.push(buf.push(apc)), None
-        b_out = stream.finish(buf, n)
+        b_out = stream.finish(buf.padding(1), n)
         return np.concatenate([a_out[0], b_out[0]]), np.concatenate([a_out[1], b_out[1]])
 
     face3d = mouth()

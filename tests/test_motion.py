@@ -36,7 +36,7 @@ def runtime_poses(net, settings, pairs, seed):
     stream = PoseStream(net, settings, np.zeros(3), seed, settings.sigma_scale, torch.device("cpu"))
     pairs = torch.from_numpy(pairs.astype(np.float32))
     rot, trans, _ = stream.push(pairs)
-    rot2, trans2, _ = stream.push(pairs[-1:].repeat(settings.frame_future + 1, 1), limit=len(pairs))
+    rot2, trans2, _ = stream.finish(pairs[-1:], len(pairs))
     return normalise_pose(np.concatenate([rot, rot2]), np.concatenate([trans, trans2]), np.zeros(3))
 
 

@@ -79,10 +79,8 @@ def sample_clip_poses(net: torch.nn.Module, settings: PoseSettings, apc_pairs: n
                                 motion_offset=(0.0,) * 6)
     stream = PoseStream(net, plain, np.zeros(3), seed, sigma, device)
     pairs = torch.from_numpy(np.ascontiguousarray(apc_pairs, np.float32))
-    n = len(pairs)
     rot, trans, _ = stream.push(pairs)
-    missing = max(0, n + settings.frame_future - (stream.cond_start + len(stream.cond)))
-    rot2, trans2, _ = stream.push(pairs[-1:].repeat(missing, 1), limit=n)
+    rot2, trans2, _ = stream.finish(pairs[-1:], len(pairs))
     return normalise_pose(np.concatenate([rot, rot2]), np.concatenate([trans, trans2]), np.zeros(3))
 
 

@@ -236,10 +236,11 @@ class PoseStream:
         rot, trans = denormalise_pose(smoothed, self.mean_trans)
         return rot, trans, raw
 
-    def finish(self, pairs: PairBuffer, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """End of audio: pad the condition with the last APC frame up to the last pose's lookahead."""
+    def finish(self, pad: torch.Tensor, n_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """End of audio: repeat the pair `pad` (1, 2 * d) up to the last pose's lookahead (the runtime pads
+        with the last APC frame, PairBuffer.padding(1))."""
         missing = n_frames + self.settings.frame_future - (self.cond_start + len(self.cond))
-        return self.push(pairs.padding(max(0, missing)), limit=n_frames)
+        return self.push(pad.repeat(max(0, missing), 1), limit=n_frames)
 
 
 @dataclass
@@ -352,7 +353,7 @@ class AudioSideStream:
         first = self._collect(self.mouth.push(pairs, limit=n),
                               self.pose.push(pairs, limit=n) if self.pose is not None else None)
         last = self._collect(self.mouth.finish(self.pairs, n),
-                             self.pose.finish(self.pairs, n) if self.pose is not None else None)
+                             self.pose.finish(self.pairs.padding(1), n) if self.pose is not None else None)
         return join_batches(first, last), n
 
 
