@@ -55,6 +55,17 @@ def load_script(name: str):
 
 
 @pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project folder with a tiny random-weight identity 'tiny' (config/ and data/); test files that need
+    another one define their own `project`."""
+    from models.synthetic import make_identity
+
+    root = tmp_path_factory.mktemp("project")
+    make_identity(root, "tiny", size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
 def identity(tmp_path_factory) -> Path:
     """A synthetic identity folder with training clips (models.synthetic), for the training tests."""
     from models.synthetic import write_assets, write_training_clips

@@ -15,17 +15,9 @@ from test_train import train_args
 
 import demo
 import train
-from models.synthetic import make_identity
 from util.checkpoint import state_path
 
 SPEECH = FIXTURES / "speech_3s.wav"
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    make_identity(root, "tiny", size=64)
-    return root
 
 
 @pytest.fixture

@@ -12,18 +12,10 @@ from conftest import FIXTURES
 
 import demo
 from models.runtime import PortraitPipeline
-from models.synthetic import make_identity
 from util.errors import InputError, MissingFileError
 from util.video import probe
 
 SPEECH = FIXTURES / "speech_3s.wav"
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    make_identity(root, "tiny", size=64)
-    return root
 
 
 def run(project, tmp_path, *extra: str, audio=SPEECH, identity="tiny") -> int:
