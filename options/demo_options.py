@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.runtime.renderer import BACKENDS
 from options.common import log_non_defaults
 from util.argtypes import ArgumentParser, non_negative_float, positive_int, seed
 
@@ -40,10 +41,10 @@ class DemoOptions:
                                  "(auto: on with CUDA, off on a CPU, where the stages share the same cores)")
         parser.add_argument("--overwrite", action="store_true",
                             help="write into an existing results folder, replacing the files this demo makes")
-        parser.add_argument("--backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
+        parser.add_argument("--backend", type=str, default="torch", choices=BACKENDS,
                             help="renderer backend: torch eager; compile (torch.compile, CUDA graphs on a GPU; "
-                                 "compiling takes a while first); onnx (the file scripts/export_onnx.py writes, "
-                                 "on the CPU)")
+                                 "compiling takes a while first); onnx / onnx_int8 (the files "
+                                 "scripts/export_onnx.py [--int8] writes, on the CPU)")
         parser.add_argument("--stream", action="store_true",
                             help="live mode: feed the audio paced as if it arrived in real time, render frames as "
                                  "soon as the lookahead allows, and print the latency")

@@ -38,6 +38,7 @@ AUDIO_SIDE = ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "proj
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from models.runtime.renderer import BACKENDS
     from util.argtypes import ArgumentParser, non_negative_float, positive_float, positive_int
 
     p = ArgumentParser(prog="benchmark.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,8 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hop_ms", type=non_negative_float, default=50.0, help="live session: audio-side cadence")
     p.add_argument("--max_lag_ms", type=non_negative_float, default=0.0,
                    help="live session: skip frames later than this to stay live (0 = render every frame)")
-    p.add_argument("--stream_backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
-                   help="live session: renderer backend (onnx exports the renderer to a temporary file)")
+    p.add_argument("--stream_backend", type=str, default="torch", choices=BACKENDS,
+                   help="live session: renderer backend (onnx, onnx_int8: exported to a temporary file)")
     p.add_argument("--serve", action="store_true",
                    help="only the live server, driven by headless Chromium with --audio as its microphone for "
                         "--stream_seconds (with --id; --stream_backend, --frame_step, --max_lag_ms, --hop_ms apply)")
@@ -184,9 +185,10 @@ def run(args: argparse.Namespace, pipe: PortraitPipeline, clip: np.ndarray, work
     stage("feature_map", lambda: pipe.renderer.feature_maps(face2d, sh2d), r)
     stage("render", lambda: [pipe.renderer(maps[i : i + args.batch_size]) for i in range(0, r, args.batch_size)], r)
     if args.onnx:
-        onnx_renderer = onnx_copy(pipe, workdir)
-        stage("render_onnx", lambda: [onnx_renderer(maps[i : i + args.batch_size])
-                                      for i in range(0, r, args.batch_size)], r)
+        for backend in ("onnx", "onnx_int8"):
+            onnx_renderer = onnx_copy(pipe, workdir, backend)
+            stage(f"render_{backend}", lambda: [onnx_renderer(maps[i : i + args.batch_size])
+                                                for i in range(0, r, args.batch_size)], r)
 
     if args.compile:
         compiled = compiled_copy(pipe)
@@ -204,7 +206,9 @@ def run(args: argparse.Namespace, pipe: PortraitPipeline, clip: np.ndarray, work
         "render_fps": round(1000 / (ms["feature_map"] + ms["render"]), 3),
         "offline_fps_from_stages": round(1000 / (ours + ms["feature_map"] + ms["render"]), 3),
         **({"onnx_render_fps": round(1000 / (ms["feature_map"] + ms["render_onnx"]), 3),
-            "onnx_speedup": round(ms["render"] / ms["render_onnx"], 2)} if args.onnx else {}),
+            "onnx_speedup": round(ms["render"] / ms["render_onnx"], 2),
+            "onnx_int8_render_fps": round(1000 / (ms["feature_map"] + ms["render_onnx_int8"]), 3),
+            "onnx_int8_speedup": round(ms["render"] / ms["render_onnx_int8"], 2)} if args.onnx else {}),
         **({"compiled_render_fps": round(1000 / (ms["feature_map"] + ms["render_compiled"]), 3),
             "compile_speedup": round(ms["render"] / ms["render_compiled"], 2)} if args.compile else {}),
         "setup": {"device": str(dev), "threads": torch.get_num_threads(), "seconds": args.seconds, "frames": n,
@@ -223,20 +227,27 @@ def compiled_copy(pipe: PortraitPipeline) -> FaceRenderer:
     return renderer
 
 
-def onnx_copy(pipe: PortraitPipeline, workdir: Path) -> FaceRenderer:
-    """The pipeline's renderer exported to an ONNX file in `workdir` and run by onnxruntime."""
-    import importlib.util
+def onnx_copy(pipe: PortraitPipeline, workdir: Path, backend: str = "onnx") -> FaceRenderer:
+    """The pipeline's renderer exported to ONNX files in `workdir` (float32; int8 for onnx_int8, calibrated on
+    the identity's feature maps for bundled speech) and run by onnxruntime."""
+    import numpy as np
 
+    from models.runtime.motion import BUNDLED_SPEECH, speech_files
+    from models.runtime.onnx_export import (CALIBRATION_SECONDS, calibration_maps, export_renderer,
+                                            quantize_renderer, renderer_inputs)
     from models.runtime.renderer import onnx_session
 
-    spec = importlib.util.spec_from_file_location("export_onnx", Path(__file__).resolve().parent / "export_onnx.py")
-    export = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export)
     path = workdir / "renderer.onnx"
     if not path.is_file():
-        export.export_renderer(pipe, path)
+        export_renderer(pipe, path)
+    if backend == "onnx_int8":
+        fp32, path = path, workdir / "renderer.int8.onnx"
+        if not path.is_file():
+            audio = np.concatenate(speech_files(BUNDLED_SPEECH, CALIBRATION_SECONDS))
+            maps = calibration_maps(pipe, audio[: int(CALIBRATION_SECONDS * pipe.sample_rate)])
+            quantize_renderer(fp32, path, renderer_inputs(pipe, maps))
     renderer = copy.copy(pipe.renderer)
-    renderer.session = onnx_session(path)
+    renderer.session = onnx_session(path, backend)
     return renderer
 
 
@@ -256,8 +267,8 @@ def stream(args: argparse.Namespace, pipe: PortraitPipeline, audio: np.ndarray, 
     from models.runtime import StreamingSession, paced_chunks, run_live
 
     clip = audio[: int(args.stream_seconds * pipe.sample_rate)]
-    renderer = {"onnx": lambda: onnx_copy(pipe, workdir), "compile": lambda: compiled_copy(pipe),
-                "torch": lambda: None}[args.stream_backend]()
+    renderer = {"onnx": lambda: onnx_copy(pipe, workdir), "onnx_int8": lambda: onnx_copy(pipe, workdir, "onnx_int8"),
+                "compile": lambda: compiled_copy(pipe), "torch": lambda: None}[args.stream_backend]()
     session = StreamingSession(pipe, 0, None, args.batch_size, args.frame_step, hop_ms=args.hop_ms, renderer=renderer,
                                max_lag_ms=args.max_lag_ms or None)
     stats = run_live(session, paced_chunks(clip, args.chunk_ms / 1000, pipe.sample_rate), pipe.sample_rate)

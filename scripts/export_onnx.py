@@ -1,9 +1,12 @@
 """Export an identity's renderer to ONNX for CPU inference with onnxruntime:
 
     python scripts/export_onnx.py --id Alice          # then: python demo.py --id Alice ... --backend onnx
+    python scripts/export_onnx.py --id Alice --int8   # also int8, for --backend onnx_int8 (live on few cores)
 
-Writes the file config Image2Image.onnx_path names (default: the renderer checkpoint with .onnx), and
-checks that onnxruntime reproduces torch on a real feature map.
+Writes the file config Image2Image.onnx_path names (default: the renderer checkpoint with .onnx) and checks
+that onnxruntime reproduces torch on it. --int8 also writes Image2Image.onnx_int8_path (default:
+.int8.onnx), calibrated on feature maps the identity's audio side draws for --calibration_speech and
+checked against the float32 file (models/runtime/onnx_export.py).
 """
 
 from __future__ import annotations
@@ -11,39 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from models.runtime import PortraitPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-OPSET = 17
 TOLERANCE = 1e-3  # max abs difference in [-1, 1] output units
-
-
-def export_renderer(pipe: PortraitPipeline, path: Path) -> float:
-    """Trace the renderer to ONNX (dynamic batch) and return the largest difference from torch."""
-    import copy
-    import warnings
-
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    from util.io import atomic_write
-
-    net = copy.deepcopy(pipe.renderer.net).float().cpu().eval()  # a copy: the live renderer stays where it is
-    h, w = pipe.assets.image_size
-    x = torch.randn(1, net.cfg.input_nc, h, w)
-    with atomic_write(path) as tmp, warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        ref = net(x).numpy()
-    return float(np.abs(session.run(None, {"input": x.numpy()})[0] - ref).max())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="export_onnx.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--id", type=str, required=True, help="identity whose renderer to export")
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files")
-    p.add_argument("--out", type=Path, default=None, help="output file (default: from the config)")
+    p.add_argument("--out", type=Path, default=None, help="float32 output file (default: from the config)")
+    p.add_argument("--int8", action="store_true", help="also write the int8 renderer (--backend onnx_int8)")
+    p.add_argument("--calibration_speech", type=Path, default=None,
+                   help="--int8: speech (a file or a folder) whose feature maps calibrate the int8 ranges "
+                        "(default: the bundled data/example_src/speech)")
     args = p.parse_args(argv)
+    import numpy as np
+
     from models.runtime import PortraitPipeline
+    from models.runtime.motion import BUNDLED_SPEECH, speech_files
+    from models.runtime.onnx_export import (CALIBRATION_SECONDS, ExportError, calibration_maps, export_renderer,
+                                            quantize_renderer, renderer_inputs)
     from models.runtime.renderer import onnx_renderer_path
     from util.errors import run_cli
 
@@ -65,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         if diff > TOLERANCE:
             raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
         print(f"wrote {out} (onnxruntime vs torch: max difference {diff:.1e})")
+        if args.int8:
+            int8 = out.with_suffix(".int8.onnx") if args.out else onnx_renderer_path(pipe.cfg, "onnx_int8")
+            audio = speech_files(args.calibration_speech or BUNDLED_SPEECH, CALIBRATION_SECONDS, "--calibration_speech")
+            maps = calibration_maps(pipe, np.concatenate(audio)[: int(CALIBRATION_SECONDS * pipe.sample_rate)])
+            score = quantize_renderer(out, int8, renderer_inputs(pipe, maps))
+            print(f"wrote {int8} (int8 vs float32 on {len(maps)} calibration frames: {score:.1f} dB PSNR)")
 
     return run_cli("export_onnx.py", work, {ExportError: 1})
-
-
-class ExportError(RuntimeError):
-    """The exported renderer does not reproduce torch."""
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.runtime.renderer import BACKENDS
 from util.argtypes import ArgumentParser, non_negative_float, non_negative_int, positive_int, seed
 
 
@@ -23,8 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--id", type=str, required=True, help="identity loaded at start (the page lists every trained one)")
     p.add_argument("--config_dir", type=Path, default=None, help="folder of <id>.yaml files (default: config/)")
     p.add_argument("--device", type=str, default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--backend", type=str, default="torch", choices=("torch", "compile", "onnx"),
-                   help="renderer backend (onnx: the file scripts/export_onnx.py writes; CPU)")
+    p.add_argument("--backend", type=str, default="torch", choices=BACKENDS,
+                   help="renderer backend (onnx, onnx_int8: the files scripts/export_onnx.py [--int8] writes; CPU)")
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to listen on; anything but loopback requires the token")
     p.add_argument("--port", type=non_negative_int, default=8080, help="port to listen on (0: any free port)")

@@ -189,12 +189,11 @@ def test_causal_smoother_uses_only_the_past():
 
 
 def test_onnx_renderer_equals_torch(pipe, tmp_path):
-    from conftest import load_script
-
+    from models.runtime.onnx_export import export_renderer
     from models.runtime.renderer import onnx_session as _onnx_session
 
     path = tmp_path / "g.onnx"
-    assert load_script("export_onnx").export_renderer(pipe, path) < 1e-3
+    assert export_renderer(pipe, path) < 1e-3
     maps = pipe.renderer.feature_maps(*[x[:3] for x in (pipe.predict(np.zeros(16000, np.float32)).face2d,
                                                        pipe.predict(np.zeros(16000, np.float32)).shoulders2d)])
     import copy
@@ -202,6 +201,30 @@ def test_onnx_renderer_equals_torch(pipe, tmp_path):
     onnx = copy.copy(pipe.renderer)
     onnx.session = _onnx_session(path)
     assert np.abs(onnx(maps).astype(int) - pipe.renderer(maps).astype(int)).max() <= 1
+
+
+def test_int8_renderer_is_calibrated_and_checked(pipe, speech, tmp_path, monkeypatch):
+    import copy
+
+    from models.runtime import onnx_export
+    from models.runtime.renderer import onnx_session as _onnx_session
+
+    fp32, int8 = tmp_path / "g.onnx", tmp_path / "g.int8.onnx"
+    onnx_export.export_renderer(pipe, fp32)
+    maps = onnx_export.calibration_maps(pipe, speech[:32000], count=12)
+    assert maps.shape[0] == 12 and maps.dtype == np.uint8 and maps.max() == 255  # drawn lines, not blanks
+    score = onnx_export.quantize_renderer(fp32, int8, onnx_export.renderer_inputs(pipe, maps))
+    assert score >= onnx_export.MIN_INT8_PSNR and int8.is_file()
+    renderer = copy.copy(pipe.renderer)
+    renderer.session = _onnx_session(int8, "onnx_int8")
+    test = onnx_export.calibration_maps(pipe, speech[32000:64000], count=4)  # frames it was not calibrated on
+    out, ref = renderer(test).astype(float), pipe.renderer(test).astype(float)
+    assert out.shape == ref.shape and 10 * np.log10(255**2 / np.mean((out - ref) ** 2)) > 25
+    # a file that cannot meet the bar is refused, and nothing is written
+    monkeypatch.setattr(onnx_export, "MIN_INT8_PSNR", 1000.0)
+    with pytest.raises(onnx_export.ExportError, match="int8"):
+        onnx_export.quantize_renderer(fp32, tmp_path / "bad.int8.onnx", onnx_export.renderer_inputs(pipe, maps))
+    assert not (tmp_path / "bad.int8.onnx").exists()
 
 
 @pytest.mark.slow
@@ -227,6 +250,12 @@ def test_demo_stream_and_onnx_backend(project, tmp_path, capsys):
     assert "export_onnx.py" in capsys.readouterr().err
     assert load_script("export_onnx").main(["--id", "tiny", "--config_dir", str(project / "config")]) == 0
     assert demo.cli([*base, "--backend", "onnx", "--overwrite"]) == 0
+    assert demo.cli([*base, "--backend", "onnx_int8", "--overwrite"]) == 2  # int8 not exported yet
+    assert "export_onnx.py --id <id> --int8" in capsys.readouterr().err
+    assert load_script("export_onnx").main(["--id", "tiny", "--config_dir", str(project / "config"), "--int8",
+                                            "--calibration_speech", str(FIXTURES / "speech_3s.wav")]) == 0
+    assert "int8 vs float32" in capsys.readouterr().out
+    assert demo.cli([*base, "--backend", "onnx_int8", "--overwrite"]) == 0
 
 
 def test_mic_without_a_device_is_a_clear_error(project, tmp_path, capsys):
@@ -268,7 +297,7 @@ def test_benchmark_reports_every_key(tmp_path):
     assert load_script("benchmark").main(args) == 0
     result = json.loads(out.read_text())
     for key in ("audio_side_fps", "render_fps", "reference_audio_side_fps", "offline_fps", "onnx_render_fps",
-                "stream_latency_ms_p50", "stream_latency_ms_p95", "stream_fps"):
+                "onnx_int8_render_fps", "stream_latency_ms_p50", "stream_latency_ms_p95", "stream_fps"):
         assert np.isfinite(result[key]) and result[key] > 0, key
     assert result["stream_latency_ms_p95"] >= result["stream_latency_ms_p50"]
     for stage in ("mel", "apc", "manifold", "audio2feature", "audio2headpose", "render", "reference_audio2headpose"):

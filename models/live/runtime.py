@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets.identity import CONFIG_DIR, STAGES, check_identity_name, config_path, load_config
 from models.runtime import PortraitPipeline, RenderedFrame, StreamingSession
-from models.runtime.renderer import onnx_renderer_path, resolve_device
+from models.runtime.renderer import ONNX_FILES, onnx_renderer_path, resolve_device
 from util.errors import InputError
 
 __all__ = ["CONFIG_DIR", "PortraitPipeline", "RenderedFrame", "SessionSettings", "StreamingSession",
@@ -60,8 +60,8 @@ def list_identities(config_dir: Path | None = None) -> list[str]:
 def load_pipeline(identity: str, device: str, config_dir: Path | None, backend: str) -> PortraitPipeline:
     """The identity's pipeline on `device` with the renderer `backend` (InputError on bad input)."""
     pipe = PortraitPipeline.from_identity(checked_identity(identity), device, config_dir, backend)
-    if backend == "onnx":
-        pipe.renderer.session = live_onnx_session(onnx_renderer_path(pipe.cfg))
+    if backend in ONNX_FILES:
+        pipe.renderer.session = live_onnx_session(onnx_renderer_path(pipe.cfg, backend))
     return pipe
 
 

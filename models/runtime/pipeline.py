@@ -32,7 +32,7 @@ from models.networks import (
 )
 from models.runtime.manifold import FeatureDatabase
 from models.runtime.offline import write_offline
-from models.runtime.renderer import FaceRenderer, onnx_renderer_path, resolve_device
+from models.runtime.renderer import ONNX_FILES, FaceRenderer, onnx_renderer_path, resolve_device
 from models.runtime.settings import RuntimeSettings, runtime_settings
 from models.runtime.streams import AudioEncoder, AudioSide, AudioSideStream, FrameBatch
 from util.audio import LogMel, MelConfig
@@ -83,7 +83,7 @@ class PortraitPipeline:
             raise InputError(f"config file {cfg['_path']}: Image2Image size/ngf/num_downs are not "
                              f"valid ({type(err).__name__}: {err})") from err
         netg, _, _ = _load_stage(cfg, "feature2face", g_default, strip=("module.", "netG."))
-        renderer = FaceRenderer(netg, side.assets, device, backend, onnx_renderer_path(cfg))
+        renderer = FaceRenderer(netg, side.assets, device, backend, _onnx_file(cfg, backend))
         return cls(cfg, side, renderer)
 
     @classmethod
@@ -92,7 +92,7 @@ class PortraitPipeline:
               backend: str = "torch") -> PortraitPipeline:
         """Chain loaded networks (settings default to the config's, for networks that carry no meta)."""
         side = build_audio_side(cfg, assets, apc, a2f, a2h, device, settings or runtime_settings(cfg, {}, {}))
-        return cls(cfg, side, FaceRenderer(netg, assets, device, backend, onnx_renderer_path(cfg)))
+        return cls(cfg, side, FaceRenderer(netg, assets, device, backend, _onnx_file(cfg, backend)))
 
     def check_audio(self, audio: np.ndarray, name: str) -> int:
         """Number of video frames of `audio`; an InputError when it is shorter than the lookahead."""
@@ -142,6 +142,10 @@ class PortraitPipeline:
         overlap = self.renderer.device.type == "cuda" if overlap is None else overlap
         return write_offline(self, stream, self.frame_batches(stream, audio), audio, n, out_dir, name, batch_size,
                              save_intermediates, overlap, chunk_frames=int(OFFLINE_CHUNK_SECONDS * self.fps))
+
+
+def _onnx_file(cfg: dict, backend: str) -> Path | None:
+    return onnx_renderer_path(cfg, backend) if backend in ONNX_FILES else None
 
 
 def _load_stage(cfg: dict, stage: str, default: object | None = None, **kw: object) -> tuple:

@@ -1,5 +1,5 @@
 """The renderer: 2D landmarks and shoulders -> feature maps -> RGB frames with Feature2Face (LSP §1.10-§1.11),
-on one of three backends (torch eager, torch.compile, onnxruntime)."""
+on one of four backends (torch eager, torch.compile, onnxruntime float32 or int8)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ from util.errors import InputError, require_file
 from util.landmarks import feature_map
 
 log = logging.getLogger("lsp")
-BACKENDS = ("torch", "compile", "onnx")
+ONNX_FILES = {"onnx": ("onnx_path", ".onnx"), "onnx_int8": ("onnx_int8_path", ".int8.onnx")}  # config key, suffix
+BACKENDS = ("torch", "compile", *ONNX_FILES)
 
 
-def onnx_renderer_path(cfg: dict) -> Path:
-    """Config Image2Image.onnx_path, or the renderer checkpoint's path with the suffix .onnx."""
-    if cfg["model_params"]["Image2Image"].get("onnx_path"):
-        return config_path(cfg, ("model_params", "Image2Image", "onnx_path"))
-    return config_path(cfg, ("model_params", "Image2Image", "ckp_path")).with_suffix(".onnx")
+def onnx_renderer_path(cfg: dict, backend: str = "onnx") -> Path:
+    """The ONNX renderer file of an onnx backend: config Image2Image.onnx_path (onnx_int8_path), or the
+    renderer checkpoint's path with the suffix .onnx (.int8.onnx)."""
+    key, suffix = ONNX_FILES[backend]
+    if cfg["model_params"]["Image2Image"].get(key):
+        return config_path(cfg, ("model_params", "Image2Image", key))
+    return config_path(cfg, ("model_params", "Image2Image", "ckp_path")).with_suffix(suffix)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,7 +49,8 @@ class FaceRenderer:
 
     Backends: torch (eager; on CUDA with channels-last memory and fp16/bf16 autocast), compile (the
     same through torch.compile; on CUDA with CUDA graphs; the first call of each batch size compiles,
-    which takes a while), or onnx (onnxruntime on the CPU, from the file scripts/export_onnx.py writes).
+    which takes a while), onnx or onnx_int8 (onnxruntime on the CPU, from the files
+    scripts/export_onnx.py [--int8] writes).
     """
 
     def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device, backend: str = "torch",
@@ -65,8 +69,8 @@ class FaceRenderer:
             raise InputError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
         if backend == "compile":
             self.net = compile_renderer(self.net, device)
-        elif backend == "onnx":
-            self.session = onnx_session(onnx_path)
+        elif backend in ONNX_FILES:
+            self.session = onnx_session(onnx_path, backend)
 
     def warm_up(self, batch_size: int = 1) -> None:
         """Render one blank batch, so a compiler or runtime does its first-call work before frames are due."""
@@ -111,11 +115,13 @@ def compile_renderer(net: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else "default")
 
 
-def onnx_session(path: Path | None):  # noqa: ANN201 - an onnxruntime.InferenceSession
+def onnx_session(path: Path | None, backend: str = "onnx"):  # noqa: ANN201 - an onnxruntime.InferenceSession
     """An onnxruntime CPU session for the renderer file `path` (scripts/export_onnx.py writes it)."""
     if path is None:
-        raise InputError("--backend onnx: no ONNX renderer path (config Image2Image.onnx_path)")
-    require_file(path, "ONNX renderer (make it with: python scripts/export_onnx.py --id <id>)")
+        raise InputError(f"--backend {backend}: no ONNX renderer path (config Image2Image.{ONNX_FILES[backend][0]})")
+    flag = " --int8" if backend == "onnx_int8" else ""
+    require_file(path, f"ONNX renderer for --backend {backend} (make it with: python scripts/export_onnx.py "
+                       f"--id <id>{flag})")
     try:
         import onnxruntime as ort
     except ImportError as err:
