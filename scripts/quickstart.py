@@ -9,6 +9,7 @@
    --lookahead_ms of lookahead (the live latency floor)
 4. drive the result with the held-out tail's audio and with another speaker's speech
 5. evaluate and write results/example/report.html and metrics.json
+6. on a CPU, export the renderer to ONNX (float32 and int8) for the live page: scripts/serve.py --backend onnx_int8
 Every step is skipped when its output exists, so a second run reuses what is done (--force redoes).
 """
 
@@ -239,7 +240,27 @@ def quickstart(a: argparse.Namespace) -> None:
                      lookahead_frames(a)["smooth"])
     report = demo_and_evaluate(a.id, a.data_root, a.config_dir, a.results_dir, a.driving_audio, a.device,
                                timings, a.weights, a.speech if a.train_apc else None)
-    print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}")
+    live = "" if a.device.startswith("cuda") else f" --backend {export_live_renderer(a)} --frame_step 2"
+    print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min: open {report}\n"
+          f"live in a browser: python scripts/serve.py --id {a.id}{live}")
+
+
+def export_live_renderer(a: argparse.Namespace) -> str:
+    """The renderer as ONNX float32 and int8 (the live server's CPU backends), unless both are newer than
+    the renderer checkpoint; returns the backend to serve with (onnx when int8 could not be made)."""
+    from datasets.identity import config_path, load_config
+    from models.runtime.renderer import ONNX_FILES, onnx_renderer_path
+
+    cfg = load_config(a.id, a.config_dir)
+    ckpt = config_path(cfg, ("model_params", "Image2Image", "ckp_path"))
+    files = [onnx_renderer_path(cfg, backend) for backend in ONNX_FILES]
+    if a.force or any(not f.is_file() or f.stat().st_mtime < ckpt.stat().st_mtime for f in files):
+        try:
+            run_step("export the renderer for the live page (ONNX float32 and int8)", _load("export_onnx").main,
+                     ["--id", a.id, "--config_dir", str(a.config_dir), "--int8"])
+        except StepError as err:  # the results are made; only the live page's fastest backend is missing
+            print(f"warning: {err}")
+    return "onnx_int8" if all(f.is_file() for f in files) else "onnx"
 
 
 def _load(name: str):

@@ -139,10 +139,13 @@ def test_quickstart_tiny_profile(tmp_path, landmarker):
     assert "A/V offset, own measure" in report
     assert (out / "eng_12s" / "eng_12s.mp4").is_file() and (out / "side_by_side.mp4").is_file()
     trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")}
+    exported = {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.onnx")}
+    assert sorted(p.name.split(".", 1)[1] for p in exported) == ["int8.onnx", "onnx"]  # for the live page
     meta = tmp_path / "data" / "example" / "meta.json"
     made = meta.stat().st_mtime_ns
     assert load_script("quickstart").main(["--profile", "tiny", *dirs]) == 0  # a second run reuses everything
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")} == trained  # nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.onnx")} == exported  # nor re-exported
     assert meta.stat().st_mtime_ns == made  # nor preprocessed again
     again = json.loads((out / "metrics.json").read_text())
     assert again["audio_to_mouth"] == metrics["audio_to_mouth"]  # the same networks, the same numbers
