@@ -230,11 +230,7 @@ def compiled_copy(pipe: PortraitPipeline) -> FaceRenderer:
 def onnx_copy(pipe: PortraitPipeline, workdir: Path, backend: str = "onnx") -> FaceRenderer:
     """The pipeline's renderer exported to ONNX files in `workdir` (float32; int8 for onnx_int8, calibrated on
     the identity's feature maps for bundled speech) and run by onnxruntime."""
-    import numpy as np
-
-    from models.runtime.motion import BUNDLED_SPEECH, speech_files
-    from models.runtime.onnx_export import (CALIBRATION_SECONDS, calibration_maps, export_renderer,
-                                            quantize_renderer, renderer_inputs)
+    from models.runtime.onnx_export import export_int8, export_renderer
     from models.runtime.renderer import onnx_session
 
     path = workdir / "renderer.onnx"
@@ -243,9 +239,7 @@ def onnx_copy(pipe: PortraitPipeline, workdir: Path, backend: str = "onnx") -> F
     if backend == "onnx_int8":
         fp32, path = path, workdir / "renderer.int8.onnx"
         if not path.is_file():
-            audio = np.concatenate(speech_files(BUNDLED_SPEECH, CALIBRATION_SECONDS))
-            maps = calibration_maps(pipe, audio[: int(CALIBRATION_SECONDS * pipe.sample_rate)])
-            quantize_renderer(fp32, path, renderer_inputs(pipe, maps))
+            export_int8(pipe, fp32, path)
     renderer = copy.copy(pipe.renderer)
     renderer.session = onnx_session(path, backend)
     return renderer

@@ -32,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="--int8: speech (a file or a folder) whose feature maps calibrate the int8 ranges "
                         "(default: the bundled data/example_src/speech)")
     args = p.parse_args(argv)
-    import numpy as np
-
     from models.runtime import PortraitPipeline
-    from models.runtime.motion import BUNDLED_SPEECH, speech_files
-    from models.runtime.onnx_export import (CALIBRATION_SECONDS, ExportError, calibration_maps, export_renderer,
-                                            quantize_renderer, renderer_inputs)
+    from models.runtime.onnx_export import ExportError, export_int8, export_renderer
     from models.runtime.renderer import onnx_renderer_path
     from util.errors import run_cli
 
@@ -50,10 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out} (onnxruntime vs torch: max difference {diff:.1e})")
         if args.int8:
             int8 = out.with_suffix(".int8.onnx") if args.out else onnx_renderer_path(pipe.cfg, "onnx_int8")
-            audio = speech_files(args.calibration_speech or BUNDLED_SPEECH, CALIBRATION_SECONDS, "--calibration_speech")
-            maps = calibration_maps(pipe, np.concatenate(audio)[: int(CALIBRATION_SECONDS * pipe.sample_rate)])
-            score = quantize_renderer(out, int8, renderer_inputs(pipe, maps))
-            print(f"wrote {int8} (int8 vs float32 on {len(maps)} calibration frames: {score:.1f} dB PSNR)")
+            score, n = export_int8(pipe, out, int8, args.calibration_speech)
+            print(f"wrote {int8} (int8 vs float32 on {n} calibration frames: {score:.1f} dB PSNR)")
 
     return run_cli("export_onnx.py", work, {ExportError: 1})
 

@@ -125,3 +125,14 @@ def quantize_renderer(fp32_path: Path, out_path: Path, inputs: np.ndarray) -> fl
         with atomic_write(out_path) as dst:
             Path(dst).write_bytes(candidate.read_bytes())
     return score
+
+
+def export_int8(pipe: PortraitPipeline, fp32_path: Path, out_path: Path, speech: Path | None = None) -> tuple[float, int]:
+    """The int8 renderer of `pipe` at `out_path`, from its float32 file, calibrated on the feature maps its
+    audio side draws for CALIBRATION_SECONDS of `speech` (a file or folder; default: the bundled speech).
+    Returns (PSNR against float32 in dB, number of calibration maps)."""
+    from models.runtime.motion import BUNDLED_SPEECH, speech_files
+
+    audio = np.concatenate(speech_files(speech or BUNDLED_SPEECH, CALIBRATION_SECONDS, "--calibration_speech"))
+    maps = calibration_maps(pipe, audio[: int(CALIBRATION_SECONDS * pipe.sample_rate)])
+    return quantize_renderer(fp32_path, out_path, renderer_inputs(pipe, maps)), len(maps)
