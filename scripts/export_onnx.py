@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from models.runtime import PortraitPipeline
     from models.runtime.onnx_export import ExportError, export_int8, export_renderer
-    from models.runtime.renderer import onnx_renderer_path
+    from models.runtime.renderer import ONNX_FILES, onnx_renderer_path
     from util.errors import run_cli
 
     def work() -> None:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
         print(f"wrote {out} (onnxruntime vs torch: max difference {diff:.1e})")
         if args.int8:
-            int8 = out.with_suffix(".int8.onnx") if args.out else onnx_renderer_path(pipe.cfg, "onnx_int8")
+            int8 = out.with_suffix(ONNX_FILES["onnx_int8"][1]) if args.out else onnx_renderer_path(pipe.cfg, "onnx_int8")
             score, n = export_int8(pipe, out, int8, args.calibration_speech)
             print(f"wrote {int8} (int8 vs float32 on {n} calibration frames: {score:.1f} dB PSNR)")
 

@@ -213,7 +213,7 @@ def test_int8_renderer_is_calibrated_and_checked(pipe, speech, tmp_path, monkeyp
     onnx_export.export_renderer(pipe, fp32)
     maps = onnx_export.calibration_maps(pipe, speech[:32000], count=12)
     assert maps.shape[0] == 12 and maps.dtype == np.uint8 and maps.max() == 255  # drawn lines, not blanks
-    score = onnx_export.quantize_renderer(fp32, int8, onnx_export.renderer_inputs(pipe, maps))
+    score = onnx_export.quantize_renderer(fp32, int8, pipe.renderer.onnx_inputs(maps))
     assert score >= onnx_export.MIN_INT8_PSNR and int8.is_file()
     renderer = copy.copy(pipe.renderer)
     renderer.session = _onnx_session(int8, "onnx_int8")
@@ -223,7 +223,7 @@ def test_int8_renderer_is_calibrated_and_checked(pipe, speech, tmp_path, monkeyp
     # a file that cannot meet the bar is refused, and nothing is written
     monkeypatch.setattr(onnx_export, "MIN_INT8_PSNR", 1000.0)
     with pytest.raises(onnx_export.ExportError, match="int8"):
-        onnx_export.quantize_renderer(fp32, tmp_path / "bad.int8.onnx", onnx_export.renderer_inputs(pipe, maps))
+        onnx_export.quantize_renderer(fp32, tmp_path / "bad.int8.onnx", pipe.renderer.onnx_inputs(maps))
     assert not (tmp_path / "bad.int8.onnx").exists()
 
 

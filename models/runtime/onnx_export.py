@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from models.evaluation.metrics import psnr
+from models.runtime.renderer import onnx_pixels
 from util.errors import InputError
 from util.io import atomic_write
 
@@ -62,23 +64,8 @@ def calibration_maps(pipe: PortraitPipeline, audio: np.ndarray, count: int = CAL
     return pipe.renderer.feature_maps(pred.face2d[idx], pred.shoulders2d[idx])
 
 
-def renderer_inputs(pipe: PortraitPipeline, maps: np.ndarray) -> np.ndarray:
-    """(B, H, W) uint8 feature maps -> (B, 1 + 12, H, W) float32 network inputs (map + candidates)."""
-    cand = pipe.renderer.candidates.cpu().numpy()
-    x = np.empty((len(maps), 1 + cand.shape[1], *maps.shape[1:]), np.float32)
-    x[:, :1] = maps[:, None] / np.float32(255)
-    x[:, 1:] = cand
-    return x
-
-
 def _images(session: object, x: np.ndarray) -> np.ndarray:
-    out = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
-    return np.clip(np.rint((out + 1) * 127.5), 0, 255)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return onnx_pixels(np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))]))
 
 
 def quantize_renderer(fp32_path: Path, out_path: Path, inputs: np.ndarray) -> float:
@@ -112,7 +99,7 @@ def quantize_renderer(fp32_path: Path, out_path: Path, inputs: np.ndarray) -> fl
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
             session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
-            score = _psnr(_images(session, inputs), reference)
+            score = psnr(_images(session, inputs), reference)
             log.info("int8 renderer%s: %.1f dB against float32", " (7-bit ranges)" if reduce_range else "", score)
             if best is None or score > best[0]:
                 best = (score, candidate)
@@ -135,4 +122,4 @@ def export_int8(pipe: PortraitPipeline, fp32_path: Path, out_path: Path, speech:
 
     audio = np.concatenate(speech_files(speech or BUNDLED_SPEECH, CALIBRATION_SECONDS, "--calibration_speech"))
     maps = calibration_maps(pipe, audio[: int(CALIBRATION_SECONDS * pipe.sample_rate)])
-    return quantize_renderer(fp32_path, out_path, renderer_inputs(pipe, maps)), len(maps)
+    return quantize_renderer(fp32_path, out_path, pipe.renderer.onnx_inputs(maps)), len(maps)

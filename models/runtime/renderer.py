@@ -95,7 +95,8 @@ class FaceRenderer:
         img = ((out.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return img.permute(0, 2, 3, 1).cpu().numpy()
 
-    def _run_onnx(self, maps: np.ndarray) -> np.ndarray:
+    def onnx_inputs(self, maps: np.ndarray) -> np.ndarray:
+        """(B, H, W) uint8 feature maps -> (B, 1 + 12, H, W) float32 inputs of the ONNX renderer."""
         # NumPy only around onnxruntime: torch ops here would leave torch's OpenMP threads spinning on
         # the cores onnxruntime's own threads need (measured: a third slower per frame on 2 cores).
         if self._candidates_np is None:
@@ -103,9 +104,16 @@ class FaceRenderer:
         x = np.empty((len(maps), 1 + self._candidates_np.shape[1], *maps.shape[1:]), np.float32)
         np.multiply(maps[:, None], np.float32(1 / 255), out=x[:, :1], casting="unsafe")
         x[:, 1:] = self._candidates_np
-        out = self.session.run(None, {"input": x})[0]  # (B, 3, H, W) in [-1, 1]
-        img = np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8)
+        return x
+
+    def _run_onnx(self, maps: np.ndarray) -> np.ndarray:
+        img = onnx_pixels(self.session.run(None, {"input": self.onnx_inputs(maps)})[0])
         return np.ascontiguousarray(img.transpose(0, 2, 3, 1))
+
+
+def onnx_pixels(out: np.ndarray) -> np.ndarray:
+    """The ONNX renderer's output (B, 3, H, W) in [-1, 1] -> uint8 pixels, same shape."""
+    return np.clip(np.rint((out + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
 def compile_renderer(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
