@@ -90,6 +90,7 @@ def test_audio2headpose(fixture):
 def test_feature2face(fixture, size):
     net = with_rule_weights(Feature2FaceG(Feature2FaceGConfig(size=size)), prefix="netG.")
     assert_close(net(renderer_input(fixture)), fixture[f"f2f_{size}_out"])
+    assert_close(net.for_inference()(renderer_input(fixture)), fixture[f"f2f_{size}_out"])  # what renders
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from models.networks import (
     APC,
@@ -13,6 +14,7 @@ from models.networks import (
     Feature2FaceGConfig,
     MultiscaleDiscriminator,
 )
+from models.networks.feature2face import SubPixelConv
 
 
 def shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
@@ -73,6 +75,29 @@ def test_generator_forward_small_sizes(size):
     assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
     with pytest.raises(ValueError, match="divisible by 32"):
         net(torch.randn(1, 13, 48, 48))
+
+
+@pytest.mark.parametrize("size", ["large", "normal"])
+@torch.no_grad()
+def test_inference_form_renders_the_same_frames(size):
+    torch.manual_seed(0)
+    net = Feature2FaceG(Feature2FaceGConfig(size=size, ngf=4, num_downs=6)).eval()
+    for m in net.modules():  # trained-looking statistics, so that every phase of every level matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = net.for_inference()
+    x = torch.randn(2, 13, 128, 64)  # not square: rows and columns are folded separately
+    assert (fast(x) - net(x)).abs().max() < 1e-5
+    assert not any(isinstance(m, nn.Upsample) for m in fast.modules())
+    assert sum(isinstance(m, SubPixelConv) for m in fast.modules()) == 6  # one per level
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the original is untouched
+
+
+def test_subpixel_conv_refuses_other_convs():
+    with pytest.raises(ValueError, match="3x3 conv with stride 1"):
+        SubPixelConv(nn.Conv2d(4, 4, 3, stride=2, padding=1))
 
 
 def test_discriminator_forward_scales():

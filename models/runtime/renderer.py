@@ -55,7 +55,8 @@ class FaceRenderer:
 
     def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device, backend: str = "torch",
                  onnx_path: Path | None = None, half: bool = True) -> None:
-        self.net, self.size, self.device = net.to(device), assets.image_size, device
+        # the inference form of the generator (SubPixelConv for every upsample + conv: the same frames, faster)
+        self.net, self.size, self.device = net.for_inference().to(device), assets.image_size, device
         cand = torch.from_numpy(assets.candidates).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # (4, 3, H, W)
         self.candidates = cand.reshape(1, -1, *self.size).to(device)  # (1, 12, H, W) in [-1, 1]
         if self.net.cfg.input_nc != 1 + self.candidates.shape[1]:
