@@ -14,6 +14,7 @@ from models.networks import (
     Feature2FaceGConfig,
     MultiscaleDiscriminator,
 )
+from models.networks.blocks import STEPWISE_MAX_STEPS, run_lstm
 from models.networks.feature2face import SubPixelConv
 
 
@@ -98,6 +99,23 @@ def test_inference_form_renders_the_same_frames(size):
 def test_subpixel_conv_refuses_other_convs():
     with pytest.raises(ValueError, match="3x3 conv with stride 1"):
         SubPixelConv(nn.Conv2d(4, 4, 3, stride=2, padding=1))
+
+
+@torch.no_grad()
+def test_run_lstm_by_cells_matches_the_fused_lstm():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(12, 8, num_layers=3, batch_first=True).eval()
+    x = torch.randn(2, 7, 12)
+    ref, (h, c) = lstm(x)
+    state = None
+    outs = []
+    for part in x.split([1, 2, 4], 1):  # streamed in hops, the state carried: cell by cell each time
+        out, state = run_lstm(lstm, part, state)
+        outs.append(out)
+    assert torch.allclose(torch.cat(outs, 1), ref, atol=1e-6)
+    assert torch.allclose(state[0], h, atol=1e-6) and torch.allclose(state[1], c, atol=1e-6)
+    long = torch.randn(1, STEPWISE_MAX_STEPS + 1, 12)  # longer calls take the fused kernel
+    assert torch.allclose(run_lstm(lstm, long)[0], lstm(long)[0])
 
 
 def test_discriminator_forward_scales():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.networks.blocks import frame_mlp
+from models.networks.blocks import frame_mlp, run_lstm
 
 
 @dataclass(frozen=True)
@@ -44,5 +44,5 @@ class Audio2FeatureNet(nn.Module):
         b, t2, c = apc.shape
         x = apc.reshape(b, t2 // self.cfg.frames_per_step, c * self.cfg.frames_per_step)  # (B, T, 1024)
         x = self.downsample(x)  # (B, T, 512)
-        x, state = self.LSTM(x, state)  # (B, T, 256)
+        x, state = run_lstm(self.LSTM, x, state)  # (B, T, 256)
         return self.fc(x), state  # (B, T, 75)
