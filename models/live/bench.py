@@ -7,16 +7,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import queue
+import re
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from util.errors import InputError
+
 log = logging.getLogger("lsp")
 WARM_UP_SECONDS = 3.0  # measured figures start this long after the first frame
+SERVE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "serve.py"
+SERVER_START_TIMEOUT = 300.0  # seconds for the server to load the identity and listen
 
 
 @dataclass
@@ -77,23 +87,78 @@ def _drift(series: list[tuple[float, float]]) -> float | None:
     return round(float(np.polyfit(t, v, 1)[0] * 60), 2)
 
 
+class ServerProcess:
+    """scripts/serve.py in a process of its own, as a deployment runs it: the browser and its driver (the
+    Playwright client, which parses every message of the page in Python) stay out of the server's process.
+    `with ServerProcess([...flags]) as server: server.url, server.stats()`."""
+
+    def __init__(self, flags: list[str], log_file: Path) -> None:
+        self.cmd = [sys.executable, str(SERVE_SCRIPT), "--port", "0", *flags]
+        self.log_file, self.url = log_file, ""
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServerProcess:
+        lines: queue.Queue[str | None] = queue.Queue()
+        with open(self.log_file, "w") as log_out:
+            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=log_out, text=True)
+
+        def read() -> None:
+            for line in self.proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if match := re.search(r" at (https?://\S+)", line):
+                self.url = match.group(1)
+                return self
+        self._end()
+        errors = [x for x in self.log_file.read_text().splitlines() if x.startswith("serve.py:")]
+        raise InputError(errors[-1].removeprefix("serve.py: error: ") if errors else
+                         f"the live server did not start within {SERVER_START_TIMEOUT:.0f} s "
+                         f"(its log: {self.log_file.read_text()[-500:]})")
+
+    def stats(self) -> dict:
+        """The server's /api/stats."""
+        with urllib.request.urlopen(self.url.split("?")[0] + "api/stats", timeout=30) as reply:
+            return json.loads(reply.read())
+
+    def _end(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # serve.py ends its sessions and exits
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
+
+
 def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, seconds: float, device: str = "cpu",
                         backend: str = "torch", frame_step: int = 1, max_lag_ms: float | None = 150.0,
                         hop_ms: float = 50.0, sessions: int = 1, screenshot: Path | None = None) -> dict:
-    """Serve `identity`, open `sessions` pages speaking `audio` for `seconds` after a warm-up, and return
-    the serve_* figures (latency percentiles over every page's frames)."""
+    """Serve `identity` (scripts/serve.py, its own process), open `sessions` pages speaking `audio` for
+    `seconds` after a warm-up, and return the serve_* figures (latency percentiles over every page's frames)."""
     from models.live.browser import Viewer, chromium
-    from models.live.identities import IdentityPool
     from models.live.runtime import SessionSettings
-    from models.live.server import BackgroundServer, ServerConfig
 
-    pool = IdentityPool(config_dir, device, backend, sessions)
-    pool.load(identity)
     settings = SessionSettings(frame_step, max_lag_ms, hop_ms)
-    config = ServerConfig(identity, config_dir, device, backend, port=0, max_sessions=sessions, session=settings)
-    with tempfile.TemporaryDirectory(prefix="lsp-bench-") as tmp, BackgroundServer(config, pool) as bg, \
+    flags = ["--id", identity, "--device", device, "--backend", backend, "--max_sessions", str(sessions),
+             "--frame_step", str(frame_step), "--max_lag_ms", str(max_lag_ms or 0), "--hop_ms", str(hop_ms)]
+    flags += ["--config_dir", str(config_dir)] if config_dir is not None else []
+    with tempfile.TemporaryDirectory(prefix="lsp-bench-") as tmp, \
+            ServerProcess(flags, Path(tmp) / "server.log") as server, \
             chromium(speech_wav(audio, seconds + WARM_UP_SECONDS + 10, Path(tmp))) as browser:
-        pages = [Viewer(browser.new_page(viewport={"width": 1000, "height": 760}), bg.url) for _ in range(sessions)]
+        pages = [Viewer(browser.new_page(viewport={"width": 1000, "height": 760}), server.url) for _ in range(sessions)]
         for page in pages:
             page.start_mic(identity)
         for page in pages:
@@ -112,14 +177,13 @@ def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, sec
             log.info("serve benchmark: %.0f of %.0f s, glass-to-glass p50 %s ms", elapsed, seconds,
                      _percentiles(logs[0].g2g, 50)[0])
         states = [page.state() for page in pages]
-        server = bg.call(bg.server.stats)
+        stats = server.stats()
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             pages[0].page.screenshot(path=str(screenshot), full_page=True)
         for page in pages:
             page.stop()
-    pool.close()
-    return _summary(logs, states, server, seconds, settings, backend)
+    return _summary(logs, states, stats, seconds, settings, backend)
 
 
 def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: float,
@@ -150,7 +214,6 @@ def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: flo
 
 def serve_main(args: argparse.Namespace) -> int:
     """benchmark.py --serve: run, print, write --json; one-line errors for bad input."""
-    from util.errors import InputError
     from util.log import get_logger
 
     get_logger()
