@@ -187,8 +187,8 @@ def run(args: argparse.Namespace, pipe: PortraitPipeline, clip: np.ndarray, work
     if args.onnx:
         for backend in ("onnx", "onnx_int8"):
             onnx_renderer = onnx_copy(pipe, workdir, backend)
-            stage(f"render_{backend}", lambda: [onnx_renderer(maps[i : i + args.batch_size])
-                                                for i in range(0, r, args.batch_size)], r)
+            stage(f"render_{backend}", lambda run=onnx_renderer: [run(maps[i : i + args.batch_size])
+                                                                  for i in range(0, r, args.batch_size)], r)
 
     if args.compile:
         compiled = compiled_copy(pipe)

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(f"onnxruntime differs from torch by {diff:.2e} (> {TOLERANCE})")
         print(f"wrote {out} (onnxruntime vs torch: max difference {diff:.1e})")
         if args.int8:
-            int8 = out.with_suffix(ONNX_FILES["onnx_int8"][1]) if args.out else onnx_renderer_path(pipe.cfg, "onnx_int8")
+            int8 = (out.with_suffix(ONNX_FILES["onnx_int8"][1]) if args.out
+                    else onnx_renderer_path(pipe.cfg, "onnx_int8"))
             score, n = export_int8(pipe, out, int8, args.calibration_speech)
             print(f"wrote {int8} (int8 vs float32 on {n} calibration frames: {score:.1f} dB PSNR)")
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from datasets.identity import CONFIG_DIR, STAGES, check_identity_name, config_path, load_config
 from models.runtime import PortraitPipeline, RenderedFrame, StreamingSession
-from models.runtime.renderer import ONNX_FILES, onnx_renderer_path, resolve_device
+from models.runtime.renderer import ONNX_FILES, resolve_device
 from util.errors import InputError
 
 __all__ = ["CONFIG_DIR", "PortraitPipeline", "RenderedFrame", "SessionSettings", "StreamingSession",
            "checked_identity", "list_identities", "load_pipeline", "open_session", "resolve_device"]
 
 log = logging.getLogger("lsp")
-LIVE_ONNX_THREADS = 1  # onnxruntime threads of a live server's renderer (see live_onnx_session)
+LIVE_ONNX_THREADS = 1  # onnxruntime threads of a live server's renderer (see load_pipeline)
 
 
 @dataclass(frozen=True)
@@ -58,26 +58,13 @@ def list_identities(config_dir: Path | None = None) -> list[str]:
 
 
 def load_pipeline(identity: str, device: str, config_dir: Path | None, backend: str) -> PortraitPipeline:
-    """The identity's pipeline on `device` with the renderer `backend` (InputError on bad input)."""
-    pipe = PortraitPipeline.from_identity(checked_identity(identity), device, config_dir, backend)
-    if backend in ONNX_FILES:
-        pipe.renderer.session = live_onnx_session(onnx_renderer_path(pipe.cfg, backend))
-    return pipe
-
-
-def live_onnx_session(path: Path) -> object:
-    """The renderer's onnxruntime session for live serving: LIVE_ONNX_THREADS threads that sleep when
-    idle. A live server shares the CPU with the browser, the video encoder and every session's audio
-    side; onnxruntime's default (a thread per core, spin-waiting between calls) then fights them for the
-    cores and renders slower (measured on the 2-core CPU with other work running: 44 ms per 256² frame
-    against 31 ms with one thread) and leaves nothing for the rest."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = LIVE_ONNX_THREADS
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """The identity's pipeline on `device` with the renderer `backend` (InputError on bad input). An ONNX
+    renderer gets LIVE_ONNX_THREADS threads that sleep when idle: a live server shares the CPU with the
+    browser, the video encoder and every session's audio side, and onnxruntime's default (a thread per core,
+    spin-waiting between calls) then fights them for the cores and renders slower (measured on the 2-core
+    CPU with other work running: 44 ms per 256² frame against 31 ms with one thread)."""
+    threads = LIVE_ONNX_THREADS if backend in ONNX_FILES else None
+    return PortraitPipeline.from_identity(checked_identity(identity), device, config_dir, backend, onnx_threads=threads)
 
 
 def open_session(pipe: PortraitPipeline, renderer: object, settings: SessionSettings) -> StreamingSession:

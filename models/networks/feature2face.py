@@ -15,9 +15,8 @@ For inference, `Feature2FaceG.for_inference()` gives the same generator with eac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn

@@ -5,8 +5,8 @@ statically quantized (per-channel int8 weights, uint8 activations, QDQ format) w
 calibrated on feature maps the identity's own audio side draws for real speech, so the ranges are the ones
 the live renderer meets. Measured for the example's 256² renderer on the 2-core CPU (one thread, the live
 server's setting): 12 ms per frame against 29 ms for float32 (both in the generator's inference form), and a
-held-out PSNR against the real frames of 24.45 dB against 24.47 dB. Each int8 file is checked against float32 on the calibration maps before it is
-kept (`MIN_INT8_PSNR`).
+held-out PSNR against the real frames of 24.45 dB against 24.47 dB. Each int8 file is checked against float32 on
+the calibration maps before it is kept (`MIN_INT8_PSNR`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def quantize_renderer(fp32_path: Path, out_path: Path, inputs: np.ndarray) -> fl
     return score
 
 
-def export_int8(pipe: PortraitPipeline, fp32_path: Path, out_path: Path, speech: Path | None = None) -> tuple[float, int]:
+def export_int8(pipe: PortraitPipeline, fp32_path: Path, out_path: Path,
+                speech: Path | None = None) -> tuple[float, int]:
     """The int8 renderer of `pipe` at `out_path`, from its float32 file, calibrated on the feature maps its
     audio side draws for CALIBRATION_SECONDS of `speech` (a file or folder; default: the bundled speech).
     Returns (PSNR against float32 in dB, number of calibration maps)."""

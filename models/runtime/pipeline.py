@@ -70,8 +70,10 @@ class PortraitPipeline:
 
     @classmethod
     def from_identity(cls, identity: str, device: str | torch.device = "cpu",
-                      config_dir: str | Path | None = None, backend: str = "torch") -> PortraitPipeline:
-        """Load config/<identity>.yaml, data/<identity>/ and the four checkpoints it names."""
+                      config_dir: str | Path | None = None, backend: str = "torch",
+                      onnx_threads: int | None = None) -> PortraitPipeline:
+        """Load config/<identity>.yaml, data/<identity>/ and the four checkpoints it names (`onnx_threads`:
+        see FaceRenderer)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         cfg = load_config(identity, config_dir)
         side = load_audio_side(cfg, device)
@@ -83,7 +85,7 @@ class PortraitPipeline:
             raise InputError(f"config file {cfg['_path']}: Image2Image size/ngf/num_downs are not "
                              f"valid ({type(err).__name__}: {err})") from err
         netg, _, _ = _load_stage(cfg, "feature2face", g_default, strip=("module.", "netG."))
-        renderer = FaceRenderer(netg, side.assets, device, backend, _onnx_file(cfg, backend))
+        renderer = FaceRenderer(netg, side.assets, device, backend, _onnx_file(cfg, backend), onnx_threads=onnx_threads)
         return cls(cfg, side, renderer)
 
     @classmethod

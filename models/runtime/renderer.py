@@ -54,7 +54,9 @@ class FaceRenderer:
     """
 
     def __init__(self, net: Feature2FaceG, assets: IdentityAssets, device: torch.device, backend: str = "torch",
-                 onnx_path: Path | None = None, half: bool = True) -> None:
+                 onnx_path: Path | None = None, half: bool = True, onnx_threads: int | None = None) -> None:
+        """`onnx_threads`: onnxruntime threads, sleeping when idle (None: its default, a spinning thread per
+        core, fastest on a machine that does nothing else)."""
         # the inference form of the generator (SubPixelConv for every upsample + conv: the same frames, faster)
         self.net, self.size, self.device = net.for_inference().to(device), assets.image_size, device
         cand = torch.from_numpy(assets.candidates).permute(0, 3, 1, 2).float() / 255 * 2 - 1  # (4, 3, H, W)
@@ -71,7 +73,7 @@ class FaceRenderer:
         if backend == "compile":
             self.net = compile_renderer(self.net, device)
         elif backend in ONNX_FILES:
-            self.session = onnx_session(onnx_path, backend)
+            self.session = onnx_session(onnx_path, backend, onnx_threads)
 
     def warm_up(self, batch_size: int = 1) -> None:
         """Render one blank batch, so a compiler or runtime does its first-call work before frames are due."""
@@ -124,8 +126,9 @@ def compile_renderer(net: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else "default")
 
 
-def onnx_session(path: Path | None, backend: str = "onnx"):  # noqa: ANN201 - an onnxruntime.InferenceSession
-    """An onnxruntime CPU session for the renderer file `path` (scripts/export_onnx.py writes it)."""
+def onnx_session(path: Path | None, backend: str = "onnx", threads: int | None = None):  # noqa: ANN201 - an onnxruntime.InferenceSession
+    """An onnxruntime CPU session for the renderer file `path` (scripts/export_onnx.py writes it); `threads`
+    intra-op threads that sleep between calls (None: onnxruntime's default)."""
     if path is None:
         raise InputError(f"--backend {backend}: no ONNX renderer path (config Image2Image.{ONNX_FILES[backend][0]})")
     flag = " --int8" if backend == "onnx_int8" else ""
@@ -137,6 +140,9 @@ def onnx_session(path: Path | None, backend: str = "onnx"):  # noqa: ANN201 - an
         raise InputError("--backend onnx needs onnxruntime: pip install -r requirements.txt") from err
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
