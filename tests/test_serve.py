@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import FIXTURES
+from conftest import FIXTURES, load_script
 from serve_helpers import (
     GRAB_FRAMES,
     SR,
@@ -423,3 +423,24 @@ def test_the_page_explains_a_refused_microphone(live):
         message = viewer.state()["message"]
     assert "did not allow the microphone" in message and "allow the microphone for this page" in message
     assert live.call(lambda: len(live.server.sessions)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_benchmark_serve_measures_a_server_in_its_own_process(project, tmp_path, capsys):
+    """benchmark.py --serve starts scripts/serve.py as a process, drives it from Chromium and reports every
+    figure; a bad identity is the server's one-line error."""
+    bench = load_script("benchmark")
+    out = tmp_path / "serve.json"
+    args = ["--serve", "--id", "tiny", "--config_dir", str(project / "config"), "--audio",
+            str(FIXTURES / "speech_3s.wav"), "--stream_seconds", "4", "--hop_ms", "40", "--json", str(out)]
+    assert bench.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["serve_frames"] > 60 and 0 < result["serve_fps"] <= 61, result
+    assert 0 < result["serve_latency_ms_p50"] <= result["serve_latency_ms_p95"] < 3000, result
+    assert result["serve_server_latency_ms_p95"] < result["serve_latency_ms_p95"], result
+    assert result["serve_renderer"]["tiny"]["frames"] >= result["serve_frames"], result
+    capsys.readouterr()
+    assert bench.main(["--serve", "--id", "nobody", "--config_dir", str(project / "config")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("benchmark.py: error:") and "nobody" in err[-1], err
