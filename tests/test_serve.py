@@ -440,6 +440,7 @@ def test_benchmark_serve_measures_a_server_in_its_own_process(project, tmp_path,
     assert 0 < result["serve_latency_ms_p50"] <= result["serve_latency_ms_p95"] < 3000, result
     assert result["serve_server_latency_ms_p95"] < result["serve_latency_ms_p95"], result
     assert result["serve_renderer"]["tiny"]["frames"] >= result["serve_frames"], result
+    assert sum(result["serve_skipped_by_minute"]) == result["serve_skipped"], result
     capsys.readouterr()
     assert bench.main(["--serve", "--id", "nobody", "--config_dir", str(project / "config")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

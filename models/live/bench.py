@@ -37,11 +37,14 @@ class PageLog:
     server: list[float] = field(default_factory=list)
     ept: list[tuple[float, float]] = field(default_factory=list)  # (seconds, ms): the browser's A/V estimate
     loudness: list[tuple[float, float]] = field(default_factory=list)  # (seconds, ms): lining up loudness
+    skips: list[tuple[float, int]] = field(default_factory=list)  # (seconds, frames skipped so far)
     seen: dict[str, int] = field(default_factory=dict)  # list lengths already read
     start: dict = field(default_factory=dict)  # counters at the end of the warm-up
 
     def take(self, state: dict, t: float, record: bool = True) -> None:
         """Add what the page measured since the last call (at the first, `record=False`, only note it)."""
+        if record:
+            self.skips.append((t, state["skipped"] - self.start["skipped"]))
         for key, out in (("g2gCount", self.g2g), ("serverCount", self.server)):
             new = state[key] - self.seen.get(key, state[key])
             values = state["g2g" if key == "g2gCount" else "server"]
@@ -77,6 +80,16 @@ def _by_minute(series: list[tuple[float, float]]) -> list[float]:
     for t, v in series:
         minutes.setdefault(int(t // 60), []).append(v)
     return [round(float(np.median(v)), 1) for _, v in sorted(minutes.items())]
+
+
+def _per_minute(counts: list[tuple[float, int]]) -> list[int]:
+    """From a running count [(seconds, total so far)]: how much it grew in each minute."""
+    out, last = [], 0
+    for minute in range(int(max((t for t, _ in counts), default=0) // 60) + 1):
+        total = max((n for t, n in counts if t < 60 * (minute + 1)), default=last)
+        out.append(total - last)
+        last = total
+    return out
 
 
 def _drift(series: list[tuple[float, float]]) -> float | None:
@@ -177,6 +190,8 @@ def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, sec
             log.info("serve benchmark: %.0f of %.0f s, glass-to-glass p50 %s ms", elapsed, seconds,
                      _percentiles(logs[0].g2g, 50)[0])
         states = [page.state() for page in pages]
+        for state, record in zip(states, logs):
+            record.take(state, time.monotonic() - begin)
         stats = server.stats()
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +214,7 @@ def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: flo
             "serve_server_latency_ms_p50": _percentiles(srv, 50)[0],
             "serve_server_latency_ms_p95": _percentiles(srv, 95)[0],
             "serve_fps": round(frames / seconds / len(logs), 2), "serve_frames": frames, "serve_skipped": skipped,
+            "serve_skipped_by_minute": [sum(x) for x in zip(*(_per_minute(r.skips) for r in logs))],
             "serve_av_offset_ms": _percentiles(ept, 50)[0],
             "serve_av_offset_ms_range": [_percentiles(ept, 5)[0], _percentiles(ept, 95)[0]],
             "serve_av_offset_loudness_ms": _percentiles(loud, 50)[0],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -51,6 +52,17 @@ class Loaded:
         return first, base + settings.max_lag_ms / 1000 + 2 * render + SKIP_HEADROOM
 
 
+def settle_heap() -> None:
+    """Collect the garbage of a load, then exempt every object alive now (networks, modules, libraries) from
+    Python's cyclic garbage collector. A full collection walks every tracked object with the GIL held: in a
+    live server with an identity loaded that is about 230,000 objects and 100 ms, during which no session's
+    audio side, frame hand-off or packet moves (measured on the 2-core CPU; frames skipped in bursts). After
+    the freeze it walks only what was made since: well under a millisecond. Objects freed by reference
+    counting are freed as before."""
+    gc.collect()
+    gc.freeze()
+
+
 class IdentityPool:
     """Trained identities under the config folder; a pipeline and renderer per identity once asked for."""
 
@@ -76,6 +88,7 @@ class IdentityPool:
                 renderer = self.wrap(pipe.renderer) if self.wrap else pipe.renderer
                 sizes = tuple(range(1, self.max_batch + 1)) if self.backend == "compile" else (1,)
                 self.loaded[name] = Loaded(name, pipe, SharedRenderer(renderer, self.max_batch, sizes))
+                settle_heap()
                 log.info("identity %s ready: %dx%d frames at %g fps, %.1f ms per render", name,
                          *pipe.assets.image_size[::-1], pipe.fps, 1000 * self.loaded[name].renderer.render_s)
             return self.loaded[name]
