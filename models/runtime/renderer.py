@@ -121,7 +121,8 @@ def onnx_pixels(out: np.ndarray) -> np.ndarray:
 
 def compile_renderer(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """torch.compile for the renderer: CUDA graphs on a GPU (mode reduce-overhead), inductor on a CPU
-    (measured 1.24x eager for the example's 256² renderer on 2 cores; ONNX is faster there)."""
+    (measured 1.06x eager for the example's 256² renderer on 2 cores, both in the inference form; ONNX is faster
+    there)."""
     log.info("renderer: torch.compile; the first frames of each batch size wait for the compiler")
     return torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else "default")
 
