@@ -68,9 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also run a live session on this much audio, paced in real time (latency, stream fps)")
     p.add_argument("--chunk_ms", type=positive_float, default=20.0, help="live session: audio chunk length")
     p.add_argument("--frame_step", type=positive_int, default=1, help="live session: render every n-th frame")
-    p.add_argument("--hop_ms", type=non_negative_float, default=50.0, help="live session: audio-side cadence")
-    p.add_argument("--max_lag_ms", type=non_negative_float, default=0.0,
-                   help="live session: skip frames later than this to stay live (0 = render every frame)")
+    p.add_argument("--hop_ms", type=non_negative_float, default=None,
+                   help="live session: audio-side cadence (default 50 ms; --serve: the server's, 20 ms)")
+    p.add_argument("--max_lag_ms", type=non_negative_float, default=None,
+                   help="live session: skip frames later than this to stay live (0 = render every frame; "
+                        "default 0; --serve: the server's, 150 ms)")
     p.add_argument("--stream_backend", type=str, default="torch", choices=BACKENDS,
                    help="live session: renderer backend (onnx, onnx_int8: exported to a temporary file)")
     p.add_argument("--serve", action="store_true",
@@ -277,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.live.bench import serve_main
 
         return serve_main(args)
+    args.hop_ms = 50.0 if args.hop_ms is None else args.hop_ms
+    args.max_lag_ms = args.max_lag_ms or 0.0
     import numpy as np
     import torch
 

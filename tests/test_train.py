@@ -116,6 +116,7 @@ def test_headpose_config_points_at_the_last_model(identity, tmp_path):
 def test_overfits_a_tiny_batch(identity, model, steps, factor, tmp_path):
     from datasets import create_dataset
 
+    torch.manual_seed(0)  # the same start whatever ran before (a Gaussian NLL's loss is noisy step to step)
     args = ["--model", model, "--checkpoints_dir", str(tmp_path), "--lr", "1e-3", "--gpu_ids", "-1",
             "--dataroot", str(identity if model != "apc" else identity / "clips"), *STAGE_ARGS.get(model, [])]
     if model == "apc":
@@ -131,7 +132,7 @@ def test_overfits_a_tiny_batch(identity, model, steps, factor, tmp_path):
         model_obj.optimize_parameters()
         losses.append(sum(model_obj.get_current_losses().values()) if model != "feature2face"
                       else model_obj.get_current_losses()["G_L1"])
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    first, last = np.mean(losses[:3]), np.mean(losses[-5:])
     if factor is None:  # a Gaussian NLL can go negative: ask for a large absolute drop instead
         assert first - last > 1.0, (first, last)
     else:

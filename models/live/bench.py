@@ -158,7 +158,7 @@ class ServerProcess:
 
 def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, seconds: float, device: str = "cpu",
                         backend: str = "torch", frame_step: int = 1, max_lag_ms: float | None = 150.0,
-                        hop_ms: float = 50.0, sessions: int = 1, screenshot: Path | None = None) -> dict:
+                        hop_ms: float = 20.0, sessions: int = 1, screenshot: Path | None = None) -> dict:
     """Serve `identity` (scripts/serve.py, its own process), open `sessions` pages speaking `audio` for
     `seconds` after a warm-up, and return the serve_* figures (latency percentiles over every page's frames)."""
     from models.live.browser import Viewer, chromium
@@ -230,6 +230,7 @@ def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: flo
 
 def serve_main(args: argparse.Namespace) -> int:
     """benchmark.py --serve: run, print, write --json; one-line errors for bad input."""
+    from models.live.runtime import SessionSettings
     from util.log import get_logger
 
     get_logger()
@@ -237,8 +238,11 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         if args.id is None:
             raise InputError("--serve needs --id (a trained identity)")
+        served = SessionSettings()  # the server's own defaults, where a flag was not given
+        max_lag = served.max_lag_ms if args.max_lag_ms is None else args.max_lag_ms or None
+        hop = served.hop_ms if args.hop_ms is None else args.hop_ms
         result = run_serve_benchmark(args.id, args.config_dir, audio, args.stream_seconds or 10.0, args.device,
-                                     args.stream_backend, args.frame_step, args.max_lag_ms or None, args.hop_ms,
+                                     args.stream_backend, args.frame_step, max_lag, hop,
                                      args.serve_sessions, args.serve_screenshot)
     except InputError as err:
         print(f"benchmark.py: error: {err}", file=sys.stderr)
