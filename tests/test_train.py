@@ -39,7 +39,7 @@ def weights(tmp_path, model: str, label: str = "latest") -> dict[str, torch.Tens
 
 @pytest.mark.parametrize("model", ["audio2headpose", "feature2face"])
 def test_resume_equals_uninterrupted(identity, tmp_path, model):
-    common = ["--n_epochs", "3", "--n_epochs_decay", "0", "--save_latest_freq", "100"]
+    common = ["--n_epochs", "2", "--n_epochs_decay", "0", "--save_latest_freq", "100"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert train.cli(train_args(identity, a, model, *common)) == 0
     total = json.loads((a / "ckpt" / model / "stats.jsonl").read_text().splitlines()[-1])["iter"]
