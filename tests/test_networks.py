@@ -87,12 +87,16 @@ def test_inference_form_renders_the_same_frames(size):
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.normal_()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     fast = net.for_inference()
     x = torch.randn(2, 13, 128, 64)  # not square: rows and columns are folded separately
     assert (fast(x) - net(x)).abs().max() < 1e-5
     assert not any(isinstance(m, nn.Upsample) for m in fast.modules())
     assert sum(isinstance(m, SubPixelConv) for m in fast.modules()) == 6  # one per level
+    norms = [sum(isinstance(m, nn.BatchNorm2d) for m in n.modules()) for n in (net, fast)]
+    assert norms[1] == norms[0] - 5  # the BatchNorm after each upsampling conv but the outermost's is folded in
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the original is untouched
 
 

@@ -103,11 +103,30 @@ class SubPixelConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.pixel_shuffle(self.conv(x), 2)
 
+    @torch.no_grad()
+    def absorb(self, norm: nn.BatchNorm2d) -> None:
+        """Fold the eval-mode BatchNorm that follows this layer into its conv: output channel o is conv
+        channels 4o..4o+3 after the shuffle, so each of the four takes o's scale and shift. Exporters fold a
+        BatchNorm into the conv right before it, but not across the pixel shuffle."""
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        bias = self.conv.bias if self.conv.bias is not None else torch.zeros_like(self.conv.weight[:, 0, 0, 0])
+        conv = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, 3, padding=1, bias=True).to(bias.device)
+        conv.weight.copy_(self.conv.weight * scale.repeat_interleave(4)[:, None, None, None])
+        conv.bias.copy_(bias * scale.repeat_interleave(4) + shift.repeat_interleave(4))
+        self.conv = conv
+
+
+def _foldable_norm(module: nn.Module, out_channels: int) -> bool:
+    return isinstance(module, nn.BatchNorm2d) and not module.training and module.affine \
+        and module.track_running_stats and module.num_features == out_channels
+
 
 def fold_upsampling(net: nn.Module) -> nn.Module:
-    """A copy of `net` in which every nearest x2 Upsample directly followed by a 3x3 conv in a Sequential
-    is one SubPixelConv (the original is left as it is)."""
-    net = copy.deepcopy(net)
+    """An eval-mode copy of `net` in which every nearest x2 Upsample directly followed by a 3x3 conv in a
+    Sequential is one SubPixelConv, with the BatchNorm right after it (if any) folded in (the original is
+    left as it is)."""
+    net = copy.deepcopy(net).eval()
     for module in net.modules():
         if not isinstance(module, nn.Sequential):
             continue
@@ -117,6 +136,9 @@ def fold_upsampling(net: nn.Module) -> nn.Module:
                     and isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1) \
                     and conv.padding == (1, 1):
                 module[i], module[i + 1] = nn.Identity(), SubPixelConv(conv)
+                if i + 2 < len(module) and _foldable_norm(module[i + 2], conv.out_channels):
+                    module[i + 1].absorb(module[i + 2])
+                    module[i + 2] = nn.Identity()
     return net
 
 
