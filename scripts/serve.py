@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.live.runtime import SessionSettings
 from models.runtime.renderer import BACKENDS
 from util.argtypes import ArgumentParser, non_negative_float, non_negative_int, positive_int, seed
 
@@ -37,11 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls_key", type=Path, default=None, help="the certificate's private key file (PEM)")
     p.add_argument("--max_sessions", type=positive_int, default=4, help="concurrent live sessions; more get 'busy'")
     p.add_argument("--max_upload_mb", type=non_negative_float, default=20.0, help="largest audio file accepted")
-    p.add_argument("--frame_step", type=positive_int, default=1,
+    p.add_argument("--frame_step", type=positive_int, default=SessionSettings.frame_step,
                    help="send every n-th model frame (2 gives 30 fps from a 60 fps identity)")
-    p.add_argument("--max_lag_ms", type=non_negative_float, default=150.0,
+    p.add_argument("--max_lag_ms", type=non_negative_float, default=SessionSettings.max_lag_ms,
                    help="skip frames this late beyond the models' lookahead so sessions stay live (0: never skip)")
-    p.add_argument("--hop_ms", type=non_negative_float, default=20.0,
+    p.add_argument("--hop_ms", type=non_negative_float, default=SessionSettings.hop_ms,
                    help="run the audio side once this much new audio has come (every packet by default: "
                         "measured 70 ms lower glass-to-glass latency than 50 ms, at the same frame rate)")
     p.add_argument("--idle_timeout_s", type=non_negative_float, default=10.0,

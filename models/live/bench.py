@@ -18,10 +18,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from util.errors import InputError
+
+if TYPE_CHECKING:
+    from models.live.runtime import SessionSettings
 
 log = logging.getLogger("lsp")
 WARM_UP_SECONDS = 3.0  # measured figures start this long after the first frame
@@ -156,17 +160,17 @@ class ServerProcess:
         self._end()
 
 
-def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, seconds: float, device: str = "cpu",
-                        backend: str = "torch", frame_step: int = 1, max_lag_ms: float | None = 150.0,
-                        hop_ms: float = 20.0, sessions: int = 1, screenshot: Path | None = None) -> dict:
-    """Serve `identity` (scripts/serve.py, its own process), open `sessions` pages speaking `audio` for
-    `seconds` after a warm-up, and return the serve_* figures (latency percentiles over every page's frames)."""
+def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, seconds: float, device: str,
+                        backend: str, settings: SessionSettings, sessions: int = 1,
+                        screenshot: Path | None = None) -> dict:
+    """Serve `identity` (scripts/serve.py, its own process) with `settings`, open `sessions` pages speaking
+    `audio` for `seconds` after a warm-up, and return the serve_* figures (latency percentiles over every
+    page's frames)."""
     from models.live.browser import Viewer, chromium
-    from models.live.runtime import SessionSettings
 
-    settings = SessionSettings(frame_step, max_lag_ms, hop_ms)
     flags = ["--id", identity, "--device", device, "--backend", backend, "--max_sessions", str(sessions),
-             "--frame_step", str(frame_step), "--max_lag_ms", str(max_lag_ms or 0), "--hop_ms", str(hop_ms)]
+             "--frame_step", str(settings.frame_step), "--max_lag_ms", str(settings.max_lag_ms or 0),
+             "--hop_ms", str(settings.hop_ms)]
     flags += ["--config_dir", str(config_dir)] if config_dir is not None else []
     with tempfile.TemporaryDirectory(prefix="lsp-bench-") as tmp, \
             ServerProcess(flags, Path(tmp) / "server.log") as server, \
@@ -202,7 +206,7 @@ def run_serve_benchmark(identity: str, config_dir: Path | None, audio: Path, sec
 
 
 def _summary(logs: list[PageLog], states: list[dict], server: dict, seconds: float,
-             settings: object, backend: str) -> dict:
+             settings: SessionSettings, backend: str) -> dict:
     g2g = [x for r in logs for x in r.g2g]
     srv = [x for r in logs for x in r.server]
     ept = [v for r in logs for _, v in r.ept]
@@ -239,11 +243,11 @@ def serve_main(args: argparse.Namespace) -> int:
         if args.id is None:
             raise InputError("--serve needs --id (a trained identity)")
         served = SessionSettings()  # the server's own defaults, where a flag was not given
-        max_lag = served.max_lag_ms if args.max_lag_ms is None else args.max_lag_ms or None
-        hop = served.hop_ms if args.hop_ms is None else args.hop_ms
+        settings = SessionSettings(args.frame_step,
+                                   served.max_lag_ms if args.max_lag_ms is None else args.max_lag_ms or None,
+                                   served.hop_ms if args.hop_ms is None else args.hop_ms)
         result = run_serve_benchmark(args.id, args.config_dir, audio, args.stream_seconds or 10.0, args.device,
-                                     args.stream_backend, args.frame_step, max_lag, hop,
-                                     args.serve_sessions, args.serve_screenshot)
+                                     args.stream_backend, settings, args.serve_sessions, args.serve_screenshot)
     except InputError as err:
         print(f"benchmark.py: error: {err}", file=sys.stderr)
         return 2

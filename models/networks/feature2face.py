@@ -189,7 +189,7 @@ class Feature2FaceG(nn.Module):
     def for_inference(self) -> Feature2FaceG:
         """An eval-mode copy that computes the same frames faster: every upsample + conv as a SubPixelConv
         (see there). Not for training: its weights no longer have the release's names and shapes."""
-        return fold_upsampling(self).eval()
+        return fold_upsampling(self)  # an eval-mode copy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 2**self.cfg.num_downs
