@@ -130,6 +130,7 @@ def main(opt: argparse.Namespace) -> dict:
                 t_start = time.time()
                 model.set_input(batch)
                 model.optimize_parameters()
+                model.update_ema()
                 total_iters, epoch_iter = total_iters + 1, epoch_iter + 1
                 losses = model.get_current_losses()
                 bad = [k for k, v in losses.items() if not math.isfinite(v)]

@@ -9,11 +9,13 @@ get_current_losses() / get_current_visuals()] ... -> save_checkpoint() -> update
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,8 @@ class BaseModel(ABC):
         self.schedulers: list[Any] = []
         self.use_amp = bool(getattr(opt, "amp", False)) and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
+        self.ema_decay = float(getattr(opt, "ema_decay", 0.0)) if self.is_train else 0.0
+        self.ema: dict[str, dict[str, torch.Tensor]] = {}  # name -> averaged state dict (see update_ema)
 
     @staticmethod
     def modify_commandline_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
@@ -195,16 +199,18 @@ class BaseModel(ABC):
     init_weights_optional: tuple[str, ...] = ()  # --init_weights: weights a released file may lack
 
     def validate(self, loader: torch.utils.data.DataLoader) -> dict[str, float]:
-        """Mean of current_metrics() over a loader, in eval mode; back to train mode after."""
+        """Mean of current_metrics() over a loader, in eval mode with the averaged weights (--ema_decay);
+        back to train mode and the training weights after."""
         self.eval()
         sums: dict[str, float] = {}
         n = 0
-        for batch in loader:
-            self.set_input(batch)
-            self.test()
-            for k, v in self.current_metrics().items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
+        with self.averaged_weights():
+            for batch in loader:
+                self.set_input(batch)
+                self.test()
+                for k, v in self.current_metrics().items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n += 1
         self.train()
         return {k: v / max(n, 1) for k, v in sums.items()}
 
@@ -259,6 +265,45 @@ class BaseModel(ABC):
         self.backward_step(self.compute_loss(), optimizer)
         self.scaler.update()
 
+    # ------------------------------------------------------------------ weight averaging
+    def ema_networks(self) -> dict[str, nn.Module]:
+        """The networks whose weights --ema_decay averages: the first one, which inference uses."""
+        nets = self.networks()
+        return {name: nets[name] for name in self.model_names[:1]}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """After an optimiser step: average = decay * average + (1 - decay) * weights (floating-point
+        parameters and buffers; other buffers are copied). The first call starts the average at the weights."""
+        if not self.ema_decay:
+            return
+        for name, net in self.ema_networks().items():
+            current = net.state_dict()
+            avg = self.ema.get(name)
+            if avg is None:
+                self.ema[name] = {k: v.detach().clone() for k, v in current.items()}
+                continue
+            for k, v in current.items():
+                if v.dtype.is_floating_point:
+                    avg[k].lerp_(v.detach(), 1.0 - self.ema_decay)
+                else:
+                    avg[k].copy_(v)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside: the networks hold their averaged weights (validation and saved network files use these);
+        the training weights are back on exit. Without --ema_decay (or before the first step) a no-op."""
+        swapped = {}
+        for name, net in self.ema_networks().items():
+            if name in self.ema:
+                swapped[name] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                net.load_state_dict(self.ema[name])
+        try:
+            yield
+        finally:
+            for name, weights in swapped.items():
+                self.ema_networks()[name].load_state_dict(weights)
+
     @staticmethod
     def set_requires_grad(nets: nn.Module | list[nn.Module], requires_grad: bool) -> None:
         for net in nets if isinstance(nets, list) else [nets]:
@@ -298,7 +343,12 @@ class BaseModel(ABC):
                  "schedulers": [s.state_dict() for s in self.schedulers],
                  "scaler": self.scaler.state_dict(), "rng": rng_state(), "opt": plain(vars(self.opt)),
                  "git_commit": self._commit, "extra": plain(extra or {})}
-        ckpt.save_checkpoint(self.save_dir, label, networks, state)
+        if self.ema:  # the network files get the averaged weights; the training ones go in the state, to resume
+            nets = self.ema_networks()
+            state["training_weights"] = {name: {k: v.detach().cpu().clone() for k, v in nets[name].state_dict().items()}
+                                         for name in self.ema}
+        with self.averaged_weights():
+            ckpt.save_checkpoint(self.save_dir, label, networks, state)
 
     _commit: str | None = None
 
@@ -312,6 +362,13 @@ class BaseModel(ABC):
         if state.get("model") != self.opt.model:
             raise InputError(f"{path}: a checkpoint of --model {state.get('model')}, not {self.opt.model}")
         self.load_networks(label)
+        nets = self.ema_networks()
+        for name, weights in state.get("training_weights", {}).items():  # saved with --ema_decay
+            if name in nets:
+                self.ema[name] = {k: v.detach().clone() for k, v in nets[name].state_dict().items()}
+                ckpt.load_strict(nets[name], weights, path, f"{name} training weights")
+        if not self.ema_decay:
+            self.ema = {}  # resumed without averaging: train on from the training weights
         try:
             for opt_obj, sd in zip(self.optimizers, state["optimizers"], strict=True):
                 opt_obj.load_state_dict(sd)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datasets.identity import CONFIG_DIR
 from options.base_options import BaseOptions
-from util.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from util.argtypes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
 
@@ -63,6 +63,9 @@ class TrainOptions(BaseOptions):
                             help="step policy: multiply by --lr_gamma every lr_decay_iters epochs")
         parser.add_argument("--lr_gamma", type=positive_float, default=0.1, help="step policy: decay factor")
         parser.add_argument("--grad_clip", type=non_negative_float, default=0.0, help="clip gradient norm; 0 = off")
+        parser.add_argument("--ema_decay", type=fraction, default=0.0,
+                            help="keep an exponential moving average of the inference network's weights (e.g. "
+                                 "0.98: about the last 50 iterations) and validate, save and deploy it; 0 = off")
         parser.add_argument("--amp", action="store_true", help="mixed precision with torch.amp (CUDA only)")
         # validation
         parser.add_argument("--val_freq", type=positive_int, default=5,

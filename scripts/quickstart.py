@@ -151,7 +151,7 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
         done = load_checkpoint_state(run, "latest", "training state")["total_iters"]
         if done >= target:
             print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
-            point_config_at(a, stage, run)
+            point_config_at(a, stage, run, flags)
             return ckpt
         args.append("--continue_train")
     else:
@@ -162,16 +162,18 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
     return ckpt
 
 
-def point_config_at(a: argparse.Namespace, stage: str, run: Path) -> None:
-    """A reused run: point config/<id>.yaml at it, as training does (a second run may switch lookahead)."""
+def point_config_at(a: argparse.Namespace, stage: str, run: Path, flags: list[str]) -> None:
+    """A reused run: point config/<id>.yaml at it, as training does with the same `flags` (a second run
+    may switch lookahead)."""
     from datasets.identity import STAGES, project_path, set_config_value
     from util.checkpoint import load_file, network_path
 
     if stage == "apc" or not (a.config_dir / f"{a.id}.yaml").is_file():
         return
     network = STAGES[stage].network
-    best = network_path(run, "best", network)  # train.py's --config_checkpoint defaults
-    path = best if stage != "audio2headpose" and best.is_file() else network_path(run, "latest", network)
+    best = network_path(run, "best", network)  # train.py's --config_checkpoint: best unless the flags say latest
+    wants_best = "--config_checkpoint" not in flags or flags[flags.index("--config_checkpoint") + 1] == "best"
+    path = best if wants_best and stage != "audio2headpose" and best.is_file() else network_path(run, "latest", network)
     set_config_value(a.config_dir, a.id, ("model_params", STAGES[stage].section, "ckp_path"), project_path(path))
     meta = load_file(path, "checkpoint", mmap=True).get("meta", {})
     if "frame_future" in meta:

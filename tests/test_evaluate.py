@@ -31,6 +31,20 @@ def test_psnr_and_ssim_on_known_images():
     assert 0 < M.ssim(img, noisy) < 0.9 and M.ssim(img, brighter) > M.ssim(img, noisy)
 
 
+def test_pose_statistics_averaged_over_draws():
+    t = np.arange(120) / 60
+    rot = np.stack([np.sin(2 * np.pi * t), 2 * np.cos(2 * np.pi * t), 0 * t], 1)
+    one = M.pose_statistics(rot, np.zeros((120, 3)), 60.0)
+    assert one["rot_std_deg"] == pytest.approx([np.sqrt(0.5), np.sqrt(2.0), 0.0], rel=1e-6)
+    other = M.pose_statistics(3 * rot, np.ones((120, 3)), 60.0)
+    both = M.mean_pose_statistics([one, other])
+    assert both["draws"] == 2
+    assert both["rot_std_deg"] == pytest.approx([2 * np.sqrt(0.5), 2 * np.sqrt(2.0), 0.0], rel=1e-6)
+    assert both["rot_speed_deg_s"] == pytest.approx(2 * one["rot_speed_deg_s"])
+    np.testing.assert_allclose(both["rot_std_deg_range"], [[np.sqrt(0.5), 3 * np.sqrt(0.5)],
+                                                           [np.sqrt(2.0), 3 * np.sqrt(2.0)], [0.0, 0.0]], rtol=1e-6)
+
+
 def test_mouth_distance_and_opening():
     face = np.repeat(synthetic_face(np.random.default_rng(0))[None], 10, 0)
     shifted = face.copy()

@@ -37,9 +37,10 @@ def weights(tmp_path, model: str, label: str = "latest") -> dict[str, torch.Tens
     return out
 
 
-@pytest.mark.parametrize("model", ["audio2headpose", "feature2face"])
-def test_resume_equals_uninterrupted(identity, tmp_path, model):
-    common = ["--n_epochs", "2", "--n_epochs_decay", "0", "--save_latest_freq", "100"]
+@pytest.mark.parametrize("model,extra", [("audio2headpose", ()), ("feature2face", ()),
+                                         ("audio2feature", ("--ema_decay", "0.9"))])
+def test_resume_equals_uninterrupted(identity, tmp_path, model, extra):
+    common = ["--n_epochs", "2", "--n_epochs_decay", "0", "--save_latest_freq", "100", *extra]
     a, b = tmp_path / "a", tmp_path / "b"
     assert train.cli(train_args(identity, a, model, *common)) == 0
     total = json.loads((a / "ckpt" / model / "stats.jsonl").read_text().splitlines()[-1])["iter"]
@@ -53,6 +54,61 @@ def test_resume_equals_uninterrupted(identity, tmp_path, model):
     state = torch.load(b / "ckpt" / model / "latest_state.pth", weights_only=True)
     straight = torch.load(a / "ckpt" / model / "latest_state.pth", weights_only=True)
     assert state["total_iters"] == straight["total_iters"]
+    for name, raw in straight.get("training_weights", {}).items():  # --ema_decay: the training weights too
+        assert all(torch.allclose(raw[k], state["training_weights"][name][k], atol=1e-5) for k in raw)
+
+
+def test_ema_validates_saves_and_resumes_the_average(identity, tmp_path):
+    """--ema_decay: the average follows decay * average + (1 - decay) * weights; validation and the saved
+    network file use it, the state keeps the training weights, and the training weights are live again after."""
+    opt = TrainOptions().parse(["--model", "audio2feature", "--dataroot", str(identity), "--checkpoints_dir",
+                                str(tmp_path), "--name", "ema", "--gpu_ids", "-1", "--lr", "1e-2", "--ema_decay", "0.5",
+                                *STAGE_ARGS["audio2feature"]], save=False)
+    model = create_model(opt)
+    from datasets import create_dataset
+
+    data = create_dataset(opt, "train", model.data_spec())
+    batch = torch.utils.data.default_collate([data[0], data[1]])
+    model.setup()
+    net = model.netAudio2Feature
+    snapshot = lambda: {k: v.detach().clone() for k, v in net.state_dict().items()}  # noqa: E731
+    expected = None
+    for _ in range(3):
+        model.set_input(batch)
+        model.optimize_parameters()
+        model.update_ema()
+        now = snapshot()
+        expected = now if expected is None else \
+            {k: 0.5 * expected[k] + 0.5 * v if v.is_floating_point() else v for k, v in now.items()}
+    trained = snapshot()
+    assert any(not torch.equal(expected[k], trained[k]) for k in trained)  # the average is not the last step
+    assert all(torch.allclose(model.ema["Audio2Feature"][k], expected[k], atol=1e-6) for k in expected)
+    with model.averaged_weights():
+        assert all(torch.allclose(net.state_dict()[k], expected[k], atol=1e-6) for k in expected)
+    assert all(torch.equal(net.state_dict()[k], trained[k]) for k in trained)  # back to the training weights
+
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    averaged = model.validate(loader)
+    model.ema = {}  # the same validation with the training weights differs
+    assert averaged != model.validate(loader)
+    model.update_ema()  # restarts the average at the training weights...
+    model.ema["Audio2Feature"] = {k: v.clone() for k, v in expected.items()}  # ...put the real one back
+    model.save_checkpoint("latest", 1, 3)
+    saved = torch.load(tmp_path / "ema" / "latest_net_Audio2Feature.pth", weights_only=True)["state_dict"]
+    state = torch.load(tmp_path / "ema" / "latest_state.pth", weights_only=True)
+    assert all(torch.allclose(saved[k], expected[k], atol=1e-6) for k in expected)
+    assert all(torch.equal(state["training_weights"]["Audio2Feature"][k], trained[k]) for k in trained)
+
+    resumed = create_model(opt)  # resuming restores both: the training weights live, the average aside
+    resumed.setup()
+    resumed.load_checkpoint("latest")
+    assert all(torch.equal(resumed.netAudio2Feature.state_dict()[k], trained[k]) for k in trained)
+    assert all(torch.allclose(resumed.ema["Audio2Feature"][k], expected[k], atol=1e-6) for k in expected)
+    opt.ema_decay = 0.0  # resumed without averaging: on from the training weights, no average kept
+    plain = create_model(opt)
+    plain.setup()
+    plain.load_checkpoint("latest")
+    assert plain.ema == {} and all(torch.equal(plain.netAudio2Feature.state_dict()[k], trained[k]) for k in trained)
 
 
 def test_training_writes_logs_pages_and_test_metrics(identity, tmp_path):

@@ -55,3 +55,12 @@ def pose_statistics(rot: np.ndarray, trans: np.ndarray, fps: float) -> dict[str,
     return {"rot_std_deg": rot.std(0).tolist(), "trans_std": trans.std(0).tolist(),
             "rot_speed_deg_s": float(np.linalg.norm(np.diff(rot, axis=0), axis=1).mean() * fps),
             "trans_speed_s": float(np.linalg.norm(np.diff(trans, axis=0), axis=1).mean() * fps)}
+
+
+def mean_pose_statistics(draws: list[dict]) -> dict:
+    """`pose_statistics` of several head-motion draws of the same speech: each figure's mean over the draws,
+    the number of draws, and the per-axis range of the rotation std (`rot_std_deg_range`: [min, max] per axis)."""
+    mean = {k: (np.mean([d[k] for d in draws], axis=0).tolist() if isinstance(draws[0][k], list)
+                else float(np.mean([d[k] for d in draws]))) for k in draws[0]}
+    stds = np.array([d["rot_std_deg"] for d in draws])
+    return {**mean, "draws": len(draws), "rot_std_deg_range": np.stack([stds.min(0), stds.max(0)], 1).tolist()}

@@ -125,7 +125,8 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
         rows += _lipsync_rows(r)
         rows += [("mouth opening vs loudness: predicted / real", f"{_fmt(r['mouth_vs_loudness']['predicted'])} / "
                   f"{_fmt(r['mouth_vs_loudness']['real'])}"),
-                 ("head rotation std (deg): sampled", _fmt(r["head_pose"]["sampled"]["rot_std_deg"])),
+                 (f"head rotation std (deg): sampled, mean of {r['head_pose']['sampled'].get('draws', 1)} draws",
+                  _fmt(r["head_pose"]["sampled"]["rot_std_deg"])),
                  ("head rotation std (deg): real", _fmt(r["head_pose"]["real"]["rot_std_deg"])),
                  ("head rotation speed (deg/s): sampled / real", f"{_fmt(r['head_pose']['sampled']['rot_speed_deg_s'])}"
                   f" / {_fmt(r['head_pose']['real']['rot_speed_deg_s'])}"),
