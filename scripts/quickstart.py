@@ -16,6 +16,7 @@ Every step is skipped when its output exists, so a second run reuses what is don
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -48,10 +49,11 @@ PROFILES = {
                            "--max_iters", "600", "--lr", "1e-3", "--val_freq", "4"],
         # L1 + mouth L1 only, at a high rate: without the discriminator an iteration costs 0.43 s instead of
         # 0.67, and in this budget the GAN gave no texture, only lower fidelity (held-out PSNR 24.5 dB with it
-        # at 2e-4 and 700 iterations, 26.4 dB and sharper mouths without it at 1e-3 and 1150). Three whole
-        # epochs of the example (338 batches each), the last at half the rate, so the last one is validated.
+        # at 2e-4 and 700 iterations, 26.4 dB and sharper mouths without it at 1e-3 and 1150). The budget
+        # becomes whole epochs of the identity's clips, the last third decaying (`whole_epochs`): for the
+        # example, 3 epochs of 338 batches, the last at half the rate and validated.
         "feature2face": ["--ngf", "16", "--no_discriminator", "--batch_size", "4", "--max_iters", "1014", "--lr",
-                         "1e-3", "--n_epochs", "2", "--n_epochs_decay", "1"],
+                         "1e-3"],
     },
     # Full-size networks at 512² for one GPU (about 15 minutes on an H200 by the budgets below, not measured
     # here: this machine has no GPU); on a CPU only its flags and networks are tested.
@@ -144,10 +146,13 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
     flags = PROFILES[a.profile][stage]
     if stage in ("audio2feature", "audio2headpose"):
         flags = [*flags, "--frame_future", str(lookahead_frames(a)[stage])]
+    common = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir",
+              str(a.checkpoints_dir), "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir",
+              str(a.config_dir), "--display_freq", "100", "--print_freq", "50"]
+    if stage == "feature2face" and "--n_epochs" not in flags:
+        flags = whole_epochs(common, flags)
     target = int(flags[flags.index("--max_iters") + 1])
-    args = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir", str(a.checkpoints_dir),
-            "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir", str(a.config_dir),
-            "--display_freq", "100", "--print_freq", "50", *flags]
+    args = [*common, *flags]
     features = IdentityFiles(dataroot).apc_base
     stale = stage in ("audio2feature", "audio2headpose") and ckpt.is_file() and features.is_file() and \
         ckpt.stat().st_mtime < features.stat().st_mtime
@@ -166,6 +171,25 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
     run_step(f"train {stage}", train.cli, args)
     timings[f"train_{stage}_s"] = time.time() - start
     return ckpt
+
+
+def whole_epochs(common: list[str], flags: list[str]) -> list[str]:
+    """`flags` with their --max_iters budget spent in as many whole epochs of the identity's clips as fit (a
+    short clip gets more epochs, a long one fewer), the last third of them with a linearly decaying rate
+    (--n_epochs / --n_epochs_decay), so the last epoch ends the run and is validated. A budget shorter
+    than one epoch stays as it is, at a constant rate."""
+    from datasets import create_dataset
+    from options.train_options import TrainOptions
+
+    opt = TrainOptions().parse([*common, *flags, "--overwrite"], save=False)  # only read: nothing is written
+    batches = math.ceil(len(create_dataset(opt, "train")) / opt.batch_size)
+    epochs = opt.max_iters // max(batches, 1)
+    if epochs == 0:
+        return [*flags, "--n_epochs", "1", "--n_epochs_decay", "0"]
+    decay = epochs // 3
+    at = flags.index("--max_iters")
+    return [*flags[:at], "--max_iters", str(epochs * batches), *flags[at + 2 :], "--n_epochs", str(epochs - decay),
+            "--n_epochs_decay", str(decay)]
 
 
 def point_config_at(a: argparse.Namespace, stage: str, run: Path, flags: list[str]) -> None:

@@ -164,3 +164,21 @@ def test_quickstart_tiny_profile(tmp_path, landmarker):
     again = json.loads((out / "metrics.json").read_text())
     assert again["audio_to_mouth"] == metrics["audio_to_mouth"]  # the same networks, the same numbers
     assert again["renderer"]["psnr_db"] == metrics["renderer"]["psnr_db"]
+
+
+def test_quickstart_spends_the_renderer_budget_in_whole_epochs(identity, tmp_path):
+    from datasets import create_dataset
+    from options.train_options import TrainOptions
+
+    quickstart = load_script("quickstart")
+    common = ["--model", "feature2face", "--dataroot", str(identity), "--name", "f2f", "--checkpoints_dir",
+              str(tmp_path), "--gpu_ids", "-1"]
+    batches = math.ceil(len(create_dataset(TrainOptions().parse([*common, "--batch_size", "2"], save=False),
+                                           "train")) / 2)
+    flags = ["--batch_size", "2", "--max_iters", str(7 * batches + batches // 2), "--lr", "1e-3"]
+    out = quickstart.whole_epochs(common, flags)
+    assert out == ["--batch_size", "2", "--max_iters", str(7 * batches), "--lr", "1e-3", "--n_epochs", "5",
+                   "--n_epochs_decay", "2"]  # 7 whole epochs fit, the last 2 (a third) decaying
+    short = ["--batch_size", "2", "--max_iters", str(batches - 1)]  # less than an epoch: kept, constant rate
+    assert quickstart.whole_epochs(common, short) == [*short, "--n_epochs", "1", "--n_epochs_decay", "0"]
+    assert not (tmp_path / "f2f").exists()  # reading the options wrote nothing
