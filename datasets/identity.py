@@ -19,6 +19,7 @@ import numpy as np
 
 from util.checkpoint import network_path
 from util.errors import InputError, MissingFileError, require_file
+from util.geometry import normalise_pose
 from util.io import check_array, load_array, load_image_rgb, load_npz, read_yaml, write_text
 from util.landmarks import NUM_CANDIDATES, NUM_POINTS, NUM_SHOULDER_POINTS
 
@@ -265,6 +266,8 @@ class IdentityAssets:
     shoulder_offset: np.ndarray  # (2,) pixel shift of the shoulders for crops padded at the border
     candidates: np.ndarray  # (4, H, W, 3) uint8 RGB appearance images
     apc_base: np.ndarray | None  # (M, 512) APC features of the training speech, for manifold projection
+    rest_pose: np.ndarray | None = None  # (6,) mean training pose in the pose model's space (normalise_pose):
+    # sampled head motion eases in from it; None when the fit data has no rot_angles
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -286,6 +289,11 @@ class IdentityAssets:
         if not (len(tracked) and len(trans) and len(shoulders)):
             raise InputError(f"identity folder {root}: tracked landmarks, 3D fit data and shoulders need >= 1 frame")
         ref = min(SHOULDER_REF_FRAME, len(shoulders) - 1, len(trans) - 1)
+        rest = None
+        if "rot_angles" in fit:
+            rot = check_array(fit["rot_angles"], fit_path, "3D fit data 'rot_angles'", (-1, 3))
+            if len(rot):  # translation's mean is 0 in the model's space (it is relative to mean_trans)
+                rest = normalise_pose(rot, np.zeros((len(rot), 3)), np.zeros(3)).mean(0)
         candidates = files.load_candidates()
         return cls(
             root=root,
@@ -299,6 +307,7 @@ class IdentityAssets:
             shoulder_offset=_shoulder_offset(files, candidates.shape[1]),
             candidates=candidates,
             apc_base=load_array(files.apc_base, "APC feature database", (-1, -1)) if need_apc_base else None,
+            rest_pose=rest,
         )
 
 

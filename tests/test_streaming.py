@@ -85,13 +85,16 @@ def reference_audio_side(pipe, audio, seed):
     raw = generate_headpose_full(side.pose_net, padded(st.pose.frame_future), n, st.pose.frame_future, noise, uniform,
                                  st.pose.sigma_scale).double().numpy()
 
-    def causal(x, sigma):  # a one-sided Gaussian over the past, renormalised at the start
+    def causal(x, sigma, start):  # a one-sided Gaussian over the past, the frames before the first = start
         k = np.exp(-0.5 * (np.arange(int(np.ceil(4 * sigma)) + 1) / sigma) ** 2)
-        return np.stack([(k[: t + 1][::-1, None] * x[max(0, t + 1 - len(k)) : t + 1]).sum(0) / k[: t + 1].sum()
-                         for t in range(len(x))])
+        x = np.concatenate([np.repeat(start[None], len(k) - 1, 0), x])
+        return np.stack([(k[::-1, None] * x[t : t + len(k)]).sum(0) / k.sum() for t in range(len(x) - len(k) + 1)])
 
-    pose = np.concatenate([causal(raw[:, :3] * st.pose.rot_gain, st.pose.rot_sigma),
-                           causal(raw[:, 3:6] * st.pose.trans_gain, st.pose.trans_sigma)], 1)
+    rest = side.assets.rest_pose  # the person's mean pose, which the motion eases in from
+    assert rest is not None and np.abs(rest[:3]).max() > 0.1  # the synthetic identity's is not all zeros
+    pose = np.concatenate([causal(raw[:, :3] * st.pose.rot_gain, st.pose.rot_sigma, rest[:3] * st.pose.rot_gain),
+                           causal(raw[:, 3:6] * st.pose.trans_gain, st.pose.trans_sigma,
+                                  rest[3:] * st.pose.trans_gain)], 1)
     rot, trans = denormalise_pose(pose, side.assets.mean_trans)
     return project_landmarks(face3d, rot, trans, side.assets.scale, side.assets.intrinsic), rot
 
@@ -186,6 +189,19 @@ def test_causal_smoother_uses_only_the_past():
     changed = x.copy()
     changed[20:] += 10
     np.testing.assert_allclose(CausalSmoother(3.0).push(changed)[:20], a[:20])  # the future does not leak
+
+
+def test_causal_smoother_eases_in_from_a_start_value():
+    x = np.full((40, 2), 6.0)  # motion that begins far from the rest pose
+    start = np.array([0.0, 1.0])
+    eased = CausalSmoother(3.0, start).push(x)
+    w = np.exp(-0.5 * (np.arange(13) / 3.0) ** 2)
+    np.testing.assert_allclose(eased[0], (w[0] * 6.0 + w[1:].sum() * start) / w.sum())  # near the rest pose...
+    assert np.all(np.diff(eased[:13, 0]) > 0)  # ...then moving towards the motion without a jump
+    np.testing.assert_allclose(eased[12:], 6.0)  # past the kernel's length the start is forgotten
+    np.testing.assert_allclose(CausalSmoother(3.0).push(x), 6.0)  # without it: the first frame at once
+    s = CausalSmoother(3.0, start)
+    np.testing.assert_allclose(np.concatenate([s.push(x[:5]), s.push(x[5:])]), eased)  # streams the same
 
 
 def test_onnx_renderer_equals_torch(pipe, tmp_path):

@@ -60,13 +60,18 @@ class SymmetricSmoother:
 
 
 class CausalSmoother:
-    """y[t] = sum_k w_k x[t - k] / sum_k w_k over the frames that exist, w_k = exp(-k^2 / 2 sigma^2)."""
+    """y[t] = sum_k w_k x[t - k] / sum_k w_k over the frames that exist, w_k = exp(-k^2 / 2 sigma^2).
 
-    def __init__(self, sigma: float) -> None:
+    `start` (one frame's values): the frames before the first are taken to hold it, so the output eases in
+    from `start` instead of beginning at the first frame, however far that one is from it."""
+
+    def __init__(self, sigma: float, start: np.ndarray | None = None) -> None:
         self.length = math.ceil(TRUNCATE * sigma) + 1 if sigma > 0 else 1
         k = np.arange(self.length)
         self.weights = np.exp(-0.5 * (k / sigma) ** 2) if sigma > 0 else np.ones(1)
         self.past: np.ndarray | None = None  # the last length-1 frames, oldest first
+        if start is not None and self.length > 1:
+            self.past = np.repeat(np.asarray(start, np.float64)[None], self.length - 1, axis=0)
 
     def push(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:

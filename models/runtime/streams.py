@@ -185,7 +185,9 @@ class PoseStream:
     """APC pairs -> sampled, smoothed head rotation (degrees) and translation."""
 
     def __init__(self, net: Audio2HeadposeNet, settings: PoseSettings, mean_trans: np.ndarray, seed: int,
-                 sigma_scale: float, device: torch.device) -> None:
+                 sigma_scale: float, device: torch.device, rest_pose: np.ndarray | None = None) -> None:
+        """`rest_pose` (6,): the person's mean pose in the model's space, which the smoothed motion eases in
+        from (IdentityAssets.rest_pose); None starts at the first sample."""
         self.net, self.settings, self.mean_trans, self.device = net, settings, mean_trans, device
         self.sigma_scale = sigma_scale
         self.cfg, self.rf = net.cfg, net.receptive_field
@@ -195,8 +197,10 @@ class PoseStream:
         self.cond_start = 0  # pair index of cond[0]
         self.next_pose = 0
         self.last = None
-        self.rot_smoother = CausalSmoother(settings.rot_sigma)
-        self.trans_smoother = CausalSmoother(settings.trans_sigma)
+        rest = None if rest_pose is None else np.asarray(rest_pose, np.float64)
+        self.rot_smoother = CausalSmoother(settings.rot_sigma, None if rest is None else rest[:3] * settings.rot_gain)
+        self.trans_smoother = CausalSmoother(settings.trans_sigma,
+                                             None if rest is None else rest[3:6] * settings.trans_gain)
         self.motion_gain = np.asarray(settings.motion_gain, np.float64)
         self.motion_offset = np.asarray(settings.motion_offset, np.float64)
 
@@ -287,7 +291,8 @@ class AudioSideStream:
         scale = settings.pose.sigma_scale if sigma_scale is None else sigma_scale
         self.features, self.pairs = FeatureStream(side.encoder), PairBuffer()
         self.mouth = MouthStream(side.mouth_net, settings.mouth, side.assets, side.device)
-        self.pose = (PoseStream(side.pose_net, settings.pose, side.assets.mean_trans, seed, scale, side.device)
+        self.pose = (PoseStream(side.pose_net, settings.pose, side.assets.mean_trans, seed, scale, side.device,
+                                side.assets.rest_pose)
                      if poses is None else None)
         self.fixed_poses = poses
         self.faces: list[np.ndarray] = []
