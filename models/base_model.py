@@ -92,6 +92,11 @@ def plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+def copied_state(net: nn.Module, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """A copy of `net`'s state dict (parameters and buffers), detached, on `device` (default: where it is)."""
+    return {k: v.detach().to(device or v.device, copy=True) for k, v in net.state_dict().items()}
+
+
 class BaseModel(ABC):
     """Abstract base of the stage models (apc, audio2feature, audio2headpose, feature2face)."""
 
@@ -281,7 +286,7 @@ class BaseModel(ABC):
             current = net.state_dict()
             avg = self.ema.get(name)
             if avg is None:
-                self.ema[name] = {k: v.detach().clone() for k, v in current.items()}
+                self.ema[name] = copied_state(net)
                 continue
             for k, v in current.items():
                 if v.dtype.is_floating_point:
@@ -293,16 +298,15 @@ class BaseModel(ABC):
     def averaged_weights(self) -> Iterator[None]:
         """Inside: the networks hold their averaged weights (validation and saved network files use these);
         the training weights are back on exit. Without --ema_decay (or before the first step) a no-op."""
-        swapped = {}
-        for name, net in self.ema_networks().items():
-            if name in self.ema:
-                swapped[name] = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                net.load_state_dict(self.ema[name])
+        nets = {name: net for name, net in self.ema_networks().items() if name in self.ema}
+        training = {name: copied_state(net) for name, net in nets.items()}
+        for name, net in nets.items():
+            net.load_state_dict(self.ema[name])
         try:
             yield
         finally:
-            for name, weights in swapped.items():
-                self.ema_networks()[name].load_state_dict(weights)
+            for name, net in nets.items():
+                net.load_state_dict(training[name])
 
     @staticmethod
     def set_requires_grad(nets: nn.Module | list[nn.Module], requires_grad: bool) -> None:
@@ -345,8 +349,7 @@ class BaseModel(ABC):
                  "git_commit": self._commit, "extra": plain(extra or {})}
         if self.ema:  # the network files get the averaged weights; the training ones go in the state, to resume
             nets = self.ema_networks()
-            state["training_weights"] = {name: {k: v.detach().cpu().clone() for k, v in nets[name].state_dict().items()}
-                                         for name in self.ema}
+            state["training_weights"] = {name: copied_state(nets[name], "cpu") for name in self.ema}
         with self.averaged_weights():
             ckpt.save_checkpoint(self.save_dir, label, networks, state)
 
@@ -365,7 +368,7 @@ class BaseModel(ABC):
         nets = self.ema_networks()
         for name, weights in state.get("training_weights", {}).items():  # saved with --ema_decay
             if name in nets:
-                self.ema[name] = {k: v.detach().clone() for k, v in nets[name].state_dict().items()}
+                self.ema[name] = copied_state(nets[name])
                 ckpt.load_strict(nets[name], weights, path, f"{name} training weights")
         if not self.ema_decay:
             self.ema = {}  # resumed without averaging: train on from the training weights
