@@ -45,6 +45,17 @@ def test_pose_statistics_averaged_over_draws():
                                                            [np.sqrt(2.0), 3 * np.sqrt(2.0)], [0.0, 0.0]], rtol=1e-6)
 
 
+def test_window_std_range_spans_calm_and_lively_stretches():
+    rng = np.random.default_rng(0)
+    calm, lively = rng.normal(0, 1, (600, 3)), rng.normal(0, 3, (600, 3))
+    lo_hi = np.array(M.window_std_range([np.concatenate([calm, lively])], 300))
+    assert lo_hi.shape == (3, 2)
+    assert np.all(np.abs(lo_hi[:, 0] - 1) < 0.2) and np.all(np.abs(lo_hi[:, 1] - 3) < 0.5)  # each stretch's own
+    whole = np.array(M.window_std_range([calm, lively], 1000))  # clips shorter than a window count whole
+    np.testing.assert_allclose(whole[:, 0], calm.std(0) + 0.05 * (lively.std(0) - calm.std(0)))  # percentile 5
+    np.testing.assert_allclose(whole[:, 1], calm.std(0) + 0.95 * (lively.std(0) - calm.std(0)))
+
+
 def test_mouth_distance_and_opening():
     face = np.repeat(synthetic_face(np.random.default_rng(0))[None], 10, 0)
     shifted = face.copy()

@@ -13,6 +13,7 @@ from conftest import FIXTURES, load_script
 from scipy.ndimage import correlate1d, gaussian_filter1d
 
 import demo
+from datasets.identity import set_config_value
 from models.networks import Audio2HeadposeConfig
 from models.networks.audio2headpose import generate_headpose_full
 from models.runtime import PortraitPipeline, StreamingSession, paced_chunks, postprocess, run_live
@@ -30,6 +31,7 @@ def project(tmp_path_factory):
     # the release's receptive field (255 frames) at a sixteenth of its width: the full-window reference is cheap
     make_identity(root, "tiny", size=64, a2h=Audio2HeadposeConfig(residual_channels=16, dilation_channels=16,
                                                                   skip_channels=32, cond_channels=64))
+    set_config_value(root / "config", "tiny", ("model_params", "Headpose", "noise_correlation"), 8.0)  # slow noise
     return root
 
 
@@ -80,8 +82,11 @@ def reference_audio_side(pipe, audio, seed):
     w = np.exp(-0.5 * (np.arange(-r, r + 1) / st.mouth.sigma) ** 2)
     disp = correlate1d(disp, w / w.sum(), axis=0, mode="reflect").reshape(n, -1, 3)
     face3d = postprocess.mouth_faces(disp, side.assets, side.assets.tracked_pts3d.mean(0), st.mouth, 0)
-    draws = NoiseSource(seed, side.pose_net.cfg.ndim)
+    draws = NoiseSource(seed, side.pose_net.cfg.ndim)  # independent draws, made slow here as AR(1) noise
     noise, uniform = (torch.cat(x) for x in zip(*(draws.draw(i) for i in range(n))))
+    a = np.exp(-1 / st.pose.noise_correlation)
+    for i in range(1, n):
+        noise[i] = a * noise[i - 1] + np.sqrt(1 - a * a) * noise[i]
     raw = generate_headpose_full(side.pose_net, padded(st.pose.frame_future), n, st.pose.frame_future, noise, uniform,
                                  st.pose.sigma_scale).double().numpy()
 

@@ -11,7 +11,7 @@ from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
 from models.networks.audio2headpose import generate_headpose_full
 from models.networks.wavenet import IncrementalWaveNet, WaveNet, WaveNetConfig
 from models.runtime.settings import PoseSettings
-from models.runtime.streams import NoiseSource, PoseStream
+from models.runtime.streams import NOISE_BLOCK, NoiseSource, PoseStream
 
 
 def pose_stream_samples(net, pairs, ff, seed, chunks):
@@ -69,3 +69,16 @@ def test_gmm_nll_matches_gaussian_and_sampling_statistics():
     one = out[:1].expand(20000, -1)
     samples = gmm_sample(one, 1, 12, 0.5, torch.randn(20000, 12))
     np.testing.assert_allclose(samples.std(0).numpy(), 0.5 * sigma[0].numpy(), rtol=0.05)
+
+
+def test_slow_noise_is_ar1_of_the_independent_draws_across_blocks():
+    n, tau = NOISE_BLOCK + 300, 10.0  # past a block boundary: the filter carries on
+    plain, slow = NoiseSource(4, 12), NoiseSource(4, 12, tau)
+    e = torch.cat([plain.draw(i)[0] for i in range(n)]).double().numpy()
+    y = torch.cat([slow.draw(i)[0] for i in range(n)]).double().numpy()
+    a, ref = np.exp(-1 / tau), e.copy()
+    for i in range(1, n):
+        ref[i] = a * ref[i - 1] + np.sqrt(1 - a * a) * e[i]
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+    assert abs(y.std() - 1) < 0.1 and np.corrcoef(y[1:, 0], y[:-1, 0])[0, 1] > 0.8  # unit variance, slow
+    assert torch.equal(slow.draw(n - 1)[1], plain.draw(n - 1)[1])  # the mixture choice draws are untouched

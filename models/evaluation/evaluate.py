@@ -191,7 +191,8 @@ def evaluate_identity(pipe: PortraitPipeline, identity: str, out_dir: Path, driv
     results["end_to_end"] = mouth_scores(tracked, real["pts3d"], px_per_unit) if len(tracked) else {}
     results.update(lipsync_metrics(src, tracked, rendered_fps, audio, fidelity))
     results["head_pose"] = {"sampled": sampled_pose_statistics(pipe, audio, pred),
-                            "real": M.pose_statistics(real["rot"], real["trans"], pipe.fps)}
+                            "real": M.pose_statistics(real["rot"], real["trans"], pipe.fps),
+                            "person": person_pose_statistics(files, pipe.fps, len(real["rot"]))}
     env = audio_envelope(audio, pipe.fps, pred.n_frames)
     results["mouth_vs_loudness"] = {"predicted": M.correlation(mouth_opening(pred.face3d), env),
                                     "real": M.correlation(mouth_opening(real["pts3d"]), env)}
@@ -224,6 +225,16 @@ def sampled_pose_statistics(pipe: PortraitPipeline, audio: np.ndarray, first: Pr
         pred = pipe.predict(audio, seed=seed)
         stats.append(M.pose_statistics(pred.rotation, pred.translation, pipe.fps))
     return M.mean_pose_statistics(stats)
+
+
+def person_pose_statistics(files: IdentityFiles, fps: float, window: int) -> dict:
+    """The person's tracked head rotation on the training clips: its std per axis, and the range (5th to
+    95th percentile) of that std over stretches of `window` frames (the held-out clip's length), which a
+    short held-out clip's own spread falls in by chance."""
+    rots = [load_npz(files.clip(name).model_tracks(fps), "training clip tracks", ("rot",))["rot"]
+            for name in files.clips("train")]
+    return {"rot_std_deg": np.concatenate(rots).std(0).tolist(),
+            "window_rot_std_deg_range": M.window_std_range(rots, window), "window_seconds": window / fps}
 
 
 def _training_summary(cfg: dict, speech_dir: Path | None) -> dict:

@@ -57,6 +57,21 @@ def pose_statistics(rot: np.ndarray, trans: np.ndarray, fps: float) -> dict[str,
             "trans_speed_s": float(np.linalg.norm(np.diff(trans, axis=0), axis=1).mean() * fps)}
 
 
+def window_std_range(series: list[np.ndarray], window: int, percentiles: tuple[float, float] = (5, 95)
+                     ) -> list[list[float]]:
+    """Per-axis [low, high] percentiles of the std of `series` (clips of (n, k)) over all windows of `window`
+    frames (one per second or so; clips shorter than a window count whole): how much a person's own spread
+    varies over stretches as long as a held-out clip."""
+    stds = []
+    for x in series:
+        if len(x) <= window:
+            stds.append(x.std(0))
+            continue
+        step = max(1, window // 10)
+        stds += [x[s : s + window].std(0) for s in range(0, len(x) - window + 1, step)]
+    return np.percentile(np.array(stds), percentiles, axis=0).T.tolist()
+
+
 def mean_pose_statistics(draws: list[dict]) -> dict:
     """`pose_statistics` of several head-motion draws of the same speech: each figure's mean over the draws,
     the number of draws, and the per-axis range of the rotation std (`rot_std_deg_range`: [min, max] per axis)."""

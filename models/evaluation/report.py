@@ -130,6 +130,7 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
                  ("head rotation std (deg): real", _fmt(r["head_pose"]["real"]["rot_std_deg"])),
                  ("head rotation speed (deg/s): sampled / real", f"{_fmt(r['head_pose']['sampled']['rot_speed_deg_s'])}"
                   f" / {_fmt(r['head_pose']['real']['rot_speed_deg_s'])}"),
+                 *_person_rows(r),
                  ("other speaker: mouth opening vs loudness", _fmt(r["other_speaker"]["mouth_vs_loudness"]))]
         rows += [(f"speed: {k}", _fmt(v)) for k, v in r["speed"].items()]
         _table(rows)
@@ -148,6 +149,18 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
     path = out_dir / "report.html"
     write_text(path, doc.render())
     return path
+
+
+def _person_rows(r: dict) -> list[tuple[str, str]]:
+    """The person's own head-rotation spread (training clips), against which other speech is judged."""
+    person = r["head_pose"].get("person")
+    if not person:
+        return []
+    other = r["other_speaker"].get("head_pose", {}).get("rot_std_deg")
+    return [("head rotation std (deg): the person, training clips", _fmt(person["rot_std_deg"])),
+            (f"head rotation std (deg): the person over {person['window_seconds']:.0f} s stretches, 5th-95th "
+             "percentile", " ".join(f"[{lo:.2f}, {hi:.2f}]" for lo, hi in person["window_rot_std_deg_range"])),
+            *([("head rotation std (deg): other speaker, sampled", _fmt(other))] if other else [])]
 
 
 def _lipsync_rows(r: dict) -> list[tuple[str, str]]:

@@ -46,6 +46,7 @@ class PoseSettings:
     rot_sigma: float  # causal smoothing, frames
     trans_sigma: float
     shoulder_gain: float  # shoulders follow this fraction of the head translation
+    noise_correlation: float = 0.0  # time constant of the sampling noise, frames (0: independent per frame)
     # per-dimension affine map of the sampled pose (rotation xyz, translation xyz) before the release's
     # gains: motion_gain * pose + motion_offset; written by the motion calibration (models/runtime/motion.py)
     motion_gain: tuple[float, ...] = (1.0,) * 6
@@ -143,6 +144,7 @@ def runtime_settings(cfg: dict, a2f_meta: dict, a2h_meta: dict) -> RuntimeSettin
             rot_gain=_pair(r, (*a2h, "AMP"))[0], trans_gain=_pair(r, (*a2h, "AMP"))[1],
             rot_sigma=_pair(r, (*a2h, "smooth"), lo=0)[0], trans_sigma=_pair(r, (*a2h, "smooth"), lo=0)[1],
             shoulder_gain=r.number(*a2h, "shoulder_AMP"),
+            noise_correlation=r.number(*a2h, "noise_correlation", lo=0, default=0.0),
             motion_gain=_six(r, (*a2h, "motion_gain"), 1.0, lo=0), motion_offset=_six(r, (*a2h, "motion_offset"), 0.0)),
         save_feature_maps=r.flag("model_params", "Image2Image", "save_input", default=True),
     )

@@ -13,10 +13,12 @@ Frame t is final once audio up to frame t + max(18 + smooth_lookahead, 15) has a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.signal import lfilter
 
 from datasets.identity import IdentityAssets
 from models.losses import gmm_sample
@@ -34,19 +36,41 @@ NOISE_BLOCK = 1024  # frames of sampling noise drawn at once: the same draws for
 
 
 class NoiseSource:
-    """Normal and uniform draws for frame i, independent of how many frames a run has."""
+    """Normal and uniform draws for frame i, independent of how many frames a run has.
 
-    def __init__(self, seed: int, ndim: int) -> None:
+    With `correlation` > 0 (frames) the normal draws are AR(1) noise of that time constant, still unit
+    variance per frame: y_0 = e_0, y_i = a y_(i-1) + sqrt(1 - a^2) e_i with a = exp(-1 / correlation) and e
+    the independent draws. The pose model's per-frame innovations are tiny at 60 fps, so independent noise
+    only makes the head jitter (which the smoothing removes, with most of the motion); slow noise makes
+    it wander, as heads do (models/runtime/motion.py)."""
+
+    def __init__(self, seed: int, ndim: int, correlation: float = 0.0) -> None:
         self.gen = torch.Generator().manual_seed(seed)
         self.ndim = ndim
+        self.a = math.exp(-1.0 / correlation) if correlation > 0 else 0.0
         self.normal = torch.zeros(0, ndim)
         self.uniform = torch.zeros(0)
 
     def draw(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         while i >= len(self.normal):
-            self.normal = torch.cat([self.normal, torch.randn(NOISE_BLOCK, self.ndim, generator=self.gen)])
+            block = torch.randn(NOISE_BLOCK, self.ndim, generator=self.gen)
+            if self.a > 0:
+                block = self._correlate(block)
+            self.normal = torch.cat([self.normal, block])
             self.uniform = torch.cat([self.uniform, torch.rand(NOISE_BLOCK, generator=self.gen)])
         return self.normal[i : i + 1], self.uniform[i : i + 1]
+
+    def _correlate(self, e: torch.Tensor) -> torch.Tensor:
+        """AR(1)-filter one block of independent draws, continuing from the previous block's last value."""
+        x = e.double().numpy()
+        if len(self.normal):
+            prev = self.normal[-1].double().numpy()
+        else:  # the first frame keeps its draw: the stationary start
+            prev, x = x[0], x[1:]
+        y = lfilter([math.sqrt(1 - self.a**2)], [1.0, -self.a], x, axis=0, zi=(self.a * prev)[None])[0]
+        if not len(self.normal):
+            y = np.concatenate([prev[None], y])
+        return torch.from_numpy(y).float()
 
 
 @dataclass
@@ -192,7 +216,7 @@ class PoseStream:
         self.sigma_scale = sigma_scale
         self.cfg, self.rf = net.cfg, net.receptive_field
         self.inc = IncrementalWaveNet(net.WaveNet)
-        self.noise = NoiseSource(seed, self.cfg.ndim)
+        self.noise = NoiseSource(seed, self.cfg.ndim, settings.noise_correlation)
         self.cond = np.zeros((0, len(self.inc.buffers), 2 * self.inc.dil), np.float32)
         self.cond_start = 0  # pair index of cond[0]
         self.next_pose = 0
