@@ -47,12 +47,12 @@ class Audio2HeadposeModel(BaseAudioModel):
             # the last of 750 iterations, real 1.1-2.4); the original used its final model too.
             parser.set_defaults(config_checkpoint="latest")
             parser.add_argument("--motion_calibration", type=str, default="on", choices=("on", "off"),
-                                help="after training, set the identity's sampling sigma and per-axis motion gains "
-                                     "so head motion sampled for unseen speech matches the tracked one "
-                                     "(models/runtime/motion.py)")
+                                help="after training, set the identity's sampling sigma, noise and per-axis motion "
+                                     "gains so head motion sampled for other speakers' speech and the person's own "
+                                     "matches the tracked one (models/runtime/motion.py)")
             parser.add_argument("--motion_speech", type=Path, default=None,
-                                help="folder of speech for the motion calibration (default: the bundled "
-                                     "data/example_src/speech)")
+                                help="folder of other speakers' speech for the motion calibration (default: the "
+                                     "bundled data/example_src/speech)")
         return parser
 
     def __init__(self, opt: argparse.Namespace) -> None:

@@ -3,8 +3,9 @@ audio2headpose; run this after changing the pose model by hand, or when training
 
     python scripts/calibrate_motion.py --id Alice [--speech folder_of_speech] [--device cuda]
 
-Samples the pose model config/<id>.yaml points at over unseen speech and writes Headpose.sigma, smooth,
-motion_gain and motion_offset into that config (models/runtime/motion.py explains how).
+Samples the pose model config/<id>.yaml points at over other speakers' speech and the person's own training
+audio, and writes Headpose.sigma, smooth, noise_correlation, motion_gain and motion_offset into that config
+(models/runtime/motion.py explains how).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", type=str, required=True, help="the identity (config/<id>.yaml)")
     p.add_argument("--config_dir", type=Path, default=CONFIG_DIR, help="folder of <id>.yaml files")
     p.add_argument("--speech", type=Path, default=None,
-                   help="folder of speech the model has not seen (default: the bundled data/example_src/speech)")
+                   help="folder of other speakers' speech (default: the bundled data/example_src/speech)")
     p.add_argument("--device", type=str, default="cpu", help="cpu or cuda")
     args = p.parse_args(argv)
     from models.runtime.motion import calibrate_identity

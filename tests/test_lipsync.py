@@ -221,3 +221,8 @@ def test_evaluation_keys_and_an_untracked_video():
     assert abs(out["sync_offset_ms_real"] - 1000 * NATURAL_LEAD_S) < 1000 / FPS / 2
     assert out["sync_confidence_real"] > 0.5
     assert math.isnan(out["sync_offset_ms_ours"]) and math.isnan(out["silence_opening_ours"])
+    fidelity = {"psnr_db": 30.0, **summarize_mouth_scores(np.array([[25.0, 100.0, 200.0]]))}
+    late = np.concatenate([pts[:2], pts[:-2]])  # the mouth model's output, 2 frames (80 ms) late
+    out = lipsync_metrics({"pts3d": pts, "fps": np.float64(FPS)}, np.zeros((0, 73, 3)), 60.0, audio, fidelity,
+                          predicted=(late, float(FPS)))
+    assert abs(out["sync_offset_ms_predicted"] - out["sync_offset_ms_real"] - 80) < 1000 / FPS / 2

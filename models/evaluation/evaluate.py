@@ -121,12 +121,15 @@ def sync_from_video(path: Path, audio: np.ndarray, max_seconds: float | None = N
 
 
 def lipsync_metrics(src: dict, tracked: np.ndarray, tracked_fps: float, audio: np.ndarray,
-                    fidelity: dict) -> dict[str, float]:
+                    fidelity: dict, predicted: tuple[np.ndarray, float] | None = None) -> dict[str, float]:
     """The metrics.json lip-sync keys: offset, confidence and opening in silence of the real held-out
-    clip (its tracks at the source rate) and of our rendered video (re-tracked), and the renderer's
-    mouth-crop PSNR / sharpness, moved out of `fidelity` to the top level."""
+    clip (its tracks at the source rate), of our rendered video (re-tracked) and, given `predicted` (the
+    audio side's faces and their rate), of the mouth model's own output before rendering (the timing of
+    the mouth itself, free of the renderer's and the re-tracking's noise); and the renderer's mouth-crop
+    PSNR / sharpness, moved out of `fidelity` to the top level."""
     out = {k: fidelity.pop(k) for k in lipsync.MOUTH_METRICS}
-    for label, pts, fps in (("real", src["pts3d"], float(src["fps"])), ("ours", tracked, tracked_fps)):
+    videos = [("real", src["pts3d"], float(src["fps"])), ("ours", tracked, tracked_fps)]
+    for label, pts, fps in videos + ([("predicted", *predicted)] if predicted is not None else []):
         scale = float(face_width(pts).mean()) if len(pts) else float("nan")
         out.update(lipsync.sync_and_silence(mouth_opening(pts), audio, fps, scale, label))
     return out
@@ -189,7 +192,7 @@ def evaluate_identity(pipe: PortraitPipeline, identity: str, out_dir: Path, driv
     rendered = out_dir / driving["heldout"].stem / f"{driving['heldout'].stem}.mp4"
     tracked, rendered_fps = track_video(rendered)
     results["end_to_end"] = mouth_scores(tracked, real["pts3d"], px_per_unit) if len(tracked) else {}
-    results.update(lipsync_metrics(src, tracked, rendered_fps, audio, fidelity))
+    results.update(lipsync_metrics(src, tracked, rendered_fps, audio, fidelity, (pred.face3d, pipe.fps)))
     results["head_pose"] = {"sampled": sampled_pose_statistics(pipe, audio, pred),
                             "real": M.pose_statistics(real["rot"], real["trans"], pipe.fps),
                             "person": person_pose_statistics(files, pipe.fps, len(real["rot"]))}

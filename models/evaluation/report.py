@@ -171,6 +171,9 @@ def _lipsync_rows(r: dict) -> list[tuple[str, str]]:
              ("mouth-crop sharpness (gradient energy), renderer: real / ours", "mouth_sharpness"))
     rows = [(label, f"{_fmt(r[f'{key}_real'])} / {_fmt(r[f'{key}_ours'])}") for label, key in pairs
             if f"{key}_real" in r]
+    if "sync_offset_ms_predicted" in r:
+        rows.append(("A/V offset / confidence, own measure: the mouth model's output before rendering",
+                     f"{_fmt(r['sync_offset_ms_predicted'])} / {_fmt(r['sync_confidence_predicted'])}"))
     if "mouth_psnr" in r:
         rows.append(("mouth-crop PSNR (dB), renderer, tracked landmarks in", _fmt(r["mouth_psnr"])))
     return rows
