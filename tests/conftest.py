@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,15 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+def ar1(e, tau: float):
+    """AR(1) noise of time constant `tau` frames from independent draws e (n, k), written out as a loop: the
+    reference for models.runtime.streams.NoiseSource's slow noise (y_0 = e_0)."""
+    a, y = np.exp(-1 / tau), e.clone() if hasattr(e, "clone") else e.copy()
+    for i in range(1, len(y)):
+        y[i] = a * y[i - 1] + np.sqrt(1 - a * a) * e[i]
+    return y
 
 
 def load_script(name: str):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import FIXTURES, load_script
+from conftest import FIXTURES, ar1, load_script
 from scipy.ndimage import correlate1d, gaussian_filter1d
 
 import demo
@@ -84,9 +84,7 @@ def reference_audio_side(pipe, audio, seed):
     face3d = postprocess.mouth_faces(disp, side.assets, side.assets.tracked_pts3d.mean(0), st.mouth, 0)
     draws = NoiseSource(seed, side.pose_net.cfg.ndim)  # independent draws, made slow here as AR(1) noise
     noise, uniform = (torch.cat(x) for x in zip(*(draws.draw(i) for i in range(n))))
-    a = np.exp(-1 / st.pose.noise_correlation)
-    for i in range(1, n):
-        noise[i] = a * noise[i - 1] + np.sqrt(1 - a * a) * noise[i]
+    noise = ar1(noise, st.pose.noise_correlation)
     raw = generate_headpose_full(side.pose_net, padded(st.pose.frame_future), n, st.pose.frame_future, noise, uniform,
                                  st.pose.sigma_scale).double().numpy()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ar1
 
 from models.losses import gmm_nll, gmm_sample
 from models.networks import Audio2HeadposeConfig, Audio2HeadposeNet
@@ -76,9 +77,6 @@ def test_slow_noise_is_ar1_of_the_independent_draws_across_blocks():
     plain, slow = NoiseSource(4, 12), NoiseSource(4, 12, tau)
     e = torch.cat([plain.draw(i)[0] for i in range(n)]).double().numpy()
     y = torch.cat([slow.draw(i)[0] for i in range(n)]).double().numpy()
-    a, ref = np.exp(-1 / tau), e.copy()
-    for i in range(1, n):
-        ref[i] = a * ref[i - 1] + np.sqrt(1 - a * a) * e[i]
-    np.testing.assert_allclose(y, ref, atol=1e-5)
+    np.testing.assert_allclose(y, ar1(e, tau), atol=1e-5)
     assert abs(y.std() - 1) < 0.1 and np.corrcoef(y[1:, 0], y[:-1, 0])[0, 1] > 0.8  # unit variance, slow
     assert torch.equal(slow.draw(n - 1)[1], plain.draw(n - 1)[1])  # the mixture choice draws are untouched

@@ -60,7 +60,7 @@ def pose_statistics(rot: np.ndarray, trans: np.ndarray, fps: float) -> dict[str,
 def window_std_range(series: list[np.ndarray], window: int, percentiles: tuple[float, float] = (5, 95)
                      ) -> list[list[float]]:
     """Per-axis [low, high] percentiles of the std of `series` (clips of (n, k)) over all windows of `window`
-    frames (one per second or so; clips shorter than a window count whole): how much a person's own spread
+    frames (one every tenth of a window; clips shorter than a window count whole): how much a person's own spread
     varies over stretches as long as a held-out clip."""
     stds = []
     for x in series:

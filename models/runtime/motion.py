@@ -75,7 +75,7 @@ class MotionCalibration:
     sampled_std: np.ndarray  # (6,) sampled at `sigma` before calibration (geometric mean over the speech sets)
     real_speed: float  # rotation degrees / s, tracked
     speed: float  # rotation degrees / s, sampled at `sigma` after calibration
-    seconds: float  # of unseen speech sampled
+    seconds: float  # of speech sampled (other speakers' and the person's)
 
     def config_values(self) -> dict[str, object]:
         return {"sigma": float(self.sigma), "smooth": [float(self.rot_smooth), float(self.trans_smooth)],
