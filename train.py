@@ -64,9 +64,9 @@ def identity_config(opt: argparse.Namespace) -> Path | None:
     return path
 
 
-def update_identity_config(opt: argparse.Namespace, label: str, config: Path | None, meta: dict) -> None:
+def update_identity_config(opt: argparse.Namespace, label: str, config: Path | None, meta: dict) -> bool:
     """Point config/<id>.yaml at this run's network, and record the lookahead it was trained with (the
-    runtime refuses a config that says otherwise)."""
+    runtime refuses a config that says otherwise); True if the config changed."""
     from datasets.identity import STAGES, project_path, set_config_value
     from util.checkpoint import network_path
 
@@ -75,10 +75,36 @@ def update_identity_config(opt: argparse.Namespace, label: str, config: Path | N
     values = {"ckp_path": project_path(path), **{k: meta[k] for k in ("frame_future",) if k in meta}}
     if config is None:
         log.info("no config/<id>.yaml to update: set model_params.%s to %s", stage.section, values)
-        return
+        return False
+    changed = False
     for key, value in values.items():
         if set_config_value(config.parent, config.stem, ("model_params", stage.section, key), value):
             log.info("%s: model_params.%s.%s = %s", config, stage.section, key, value)
+            changed = True
+    return changed
+
+
+def point_identity_at_run(opt: argparse.Namespace, best: float | None, meta: dict, retrained: bool = True) -> None:
+    """The end of a run, also for a finished run that is reused: point config/<id>.yaml at its network
+    (--config_checkpoint: the best validated one or the latest) and, for audio2headpose, calibrate the head
+    motion of that network (when it was `retrained`, when the config pointed at another one, or when it
+    holds no calibration yet)."""
+    config = identity_config(opt)
+    if config is None and not identity_stage(opt):
+        return
+    label = "best" if best is not None and opt.config_checkpoint == "best" else "latest"
+    changed = update_identity_config(opt, label, config, meta)
+    if config is None or getattr(opt, "motion_calibration", "off") != "on":
+        return
+    from models.runtime.motion import calibrate_identity, is_calibrated
+
+    if not (retrained or changed or not is_calibrated(config)):
+        return
+    try:
+        calibrate_identity(config.stem, config.parent, speech=opt.motion_speech)
+    except InputError as err:  # the network is trained and saved; only the calibration waits
+        log.warning("head motion not calibrated: %s; once that is fixed: python scripts/calibrate_motion.py --id %s",
+                    err, config.stem)
 
 
 def main(opt: argparse.Namespace) -> dict:
@@ -94,7 +120,7 @@ def main(opt: argparse.Namespace) -> dict:
     rank, world = init_distributed(rank_device(opt.gpu_ids))
     save_dir = Path(opt.checkpoints_dir) / opt.name
     get_logger(save_dir if rank == 0 else None, logging.INFO if rank == 0 else logging.WARNING)
-    config = identity_config(opt)
+    identity_config(opt)  # checked before training, not after it: writable, with the stage's section a mapping
     seed_everything(opt.seed + rank)
     model = create_model(opt)
     spec = model.data_spec()
@@ -167,17 +193,8 @@ def main(opt: argparse.Namespace) -> dict:
                 save(str(epoch - 1), epoch, 0)
     finally:
         visualizer.close()
-    if rank == 0 and (config is not None or identity_stage(opt)):
-        update_identity_config(opt, "best" if best is not None and opt.config_checkpoint == "best" else "latest",
-                               config, model.network_meta())
-        if config is not None and getattr(opt, "motion_calibration", "off") == "on":
-            from models.runtime.motion import calibrate_identity
-
-            try:
-                calibrate_identity(config.stem, config.parent, speech=opt.motion_speech)
-            except InputError as err:  # the network is trained and saved; only the calibration waits
-                log.warning("head motion not calibrated: %s; once that is fixed: python scripts/calibrate_motion.py "
-                            "--id %s", err, config.stem)
+    if rank == 0:
+        point_identity_at_run(opt, best, model.network_meta())
     cleanup()
     return {"epoch": epoch, "total_iters": total_iters, "best": best, "model": model}
 

@@ -147,6 +147,8 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
     flags = PROFILES[a.profile][stage]
     if stage in ("audio2feature", "audio2headpose"):
         flags = [*flags, "--frame_future", str(lookahead_frames(a)[stage])]
+    if stage == "audio2headpose":
+        flags = [*flags, "--motion_speech", str(a.speech)]
     common = ["--model", stage, "--dataroot", str(dataroot), "--name", name, "--checkpoints_dir",
               str(a.checkpoints_dir), "--gpu_ids", "0" if a.device.startswith("cuda") else "-1", "--config_dir",
               str(a.config_dir), "--display_freq", "100", "--print_freq", "50"]
@@ -163,7 +165,7 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
         done = load_checkpoint_state(run, "latest", "training state")["total_iters"]
         if done >= target:
             print(f"\n== train {stage}: reusing {ckpt} ({done} iterations)")
-            point_config_at(a, stage, run, flags)
+            reuse_run(common, flags, run)
             return ckpt
         args.append("--continue_train")
     else:
@@ -193,27 +195,18 @@ def whole_epochs(common: list[str], flags: list[str]) -> list[str]:
             "--n_epochs_decay", str(decay)]
 
 
-def point_config_at(a: argparse.Namespace, stage: str, run: Path, flags: list[str]) -> None:
-    """A reused run: point config/<id>.yaml at it, as training does with the same `flags` (a second run
-    may switch lookahead)."""
-    from datasets.identity import STAGES, project_path, set_config_value
-    from util.checkpoint import load_file, network_path
+def reuse_run(common: list[str], flags: list[str], run: Path) -> None:
+    """A finished run that is reused: point config/<id>.yaml at it as its training did, with the same flags
+    (a second run may switch lookahead); the head motion is calibrated again only when that moved the config."""
+    import train
+    from datasets.identity import STAGES
+    from options.train_options import TrainOptions
+    from util.checkpoint import load_checkpoint_state, load_file, network_path
 
-    if stage == "apc" or not (a.config_dir / f"{a.id}.yaml").is_file():
-        return
-    network = STAGES[stage].network
-    best = network_path(run, "best", network)  # train.py's --config_checkpoint: best unless the flags say latest
-    wants_best = "--config_checkpoint" not in flags or flags[flags.index("--config_checkpoint") + 1] == "best"
-    path = best if wants_best and stage != "audio2headpose" and best.is_file() else network_path(run, "latest", network)
-    set_config_value(a.config_dir, a.id, ("model_params", STAGES[stage].section, "ckp_path"), project_path(path))
-    meta = load_file(path, "checkpoint", mmap=True).get("meta", {})
-    if "frame_future" in meta:
-        set_config_value(a.config_dir, a.id, ("model_params", STAGES[stage].section, "frame_future"),
-                         meta["frame_future"])
-    if stage == "audio2headpose":  # the calibration belongs to the network: redo it for the reused one
-        from models.runtime.motion import calibrate_identity
-
-        calibrate_identity(a.id, a.config_dir, speech=a.speech, device=a.device)
+    opt = TrainOptions().parse([*common, *flags, "--continue_train"], save=False)  # only read: nothing is written
+    best = load_checkpoint_state(run, "latest", "training state")["extra"].get("best")
+    meta = load_file(network_path(run, "latest", STAGES[opt.model].network), "checkpoint", mmap=True).get("meta", {})
+    train.point_identity_at_run(opt, best, meta, retrained=False)
 
 
 class StepError(RuntimeError):

@@ -15,6 +15,7 @@ from models.evaluation import metrics as M
 from models.evaluation.evaluate import mouth_scores
 from models.evaluation.lpips import LPIPS, alexnet_features
 from models.evaluation.syncnet import SyncNet, mfcc, score_video
+from models.runtime import motion
 from models.synthetic import synthetic_face
 from util.errors import InputError
 from util.landmarks import face_width, mouth_opening
@@ -144,7 +145,7 @@ def test_evaluate_script_bad_inputs(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_quickstart_tiny_profile(tmp_path, landmarker):
+def test_quickstart_tiny_profile(tmp_path, landmarker, monkeypatch):
     dirs = ["--checkpoints_dir", str(tmp_path / "ckpt"), "--results_dir", str(tmp_path / "results"),
             "--data_root", str(tmp_path / "data"), "--config_dir", str(tmp_path / "config")]
     alexnet, lin = lpips_files(tmp_path)
@@ -168,7 +169,10 @@ def test_quickstart_tiny_profile(tmp_path, landmarker):
     assert sorted(p.name.split(".", 1)[1] for p in exported) == ["int8.onnx", "onnx"]  # for the live page
     meta = tmp_path / "data" / "example" / "meta.json"
     made = meta.stat().st_mtime_ns
+    calibrations = []  # the config points at the reused pose network and holds its calibration: none again
+    monkeypatch.setattr(motion, "calibrate_identity", lambda *a, **k: calibrations.append(a))
     assert load_script("quickstart").main(["--profile", "tiny", *dirs]) == 0  # a second run reuses everything
+    assert calibrations == []
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")} == trained  # nothing retrained
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.onnx")} == exported  # nor re-exported
     assert meta.stat().st_mtime_ns == made  # nor preprocessed again

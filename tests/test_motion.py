@@ -13,13 +13,15 @@ import torch
 import train
 from datasets.audiovisual_dataset import load_clip
 from datasets.identity import PROJECT_ROOT as ROOT
-from datasets.identity import IdentityFiles, load_config
+from datasets.identity import IdentityFiles, load_config, set_config_value
+from models.runtime import motion
 from models.runtime.motion import (
     GAIN_RANGE,
     NOISE_CORRELATION_SECONDS,
     ROT_SMOOTH_SECONDS,
     SEEDS,
     SIGMAS,
+    is_calibrated,
     rotation_speed,
     sample_clip_poses,
     speech_files,
@@ -91,6 +93,37 @@ def test_training_calibrates_the_motion_the_runtime_then_samples(tmp_path):
 
     chosen = speed_miss(hp["sigma"])
     assert all(chosen <= speed_miss(s) + 1e-9 for s in (min(SIGMAS), max(SIGMAS)))
+
+
+def test_a_reused_run_is_calibrated_again_only_when_its_config_moved(tmp_path, monkeypatch):
+    from options.train_options import TrainOptions
+
+    config_dir = make_identity(tmp_path, "syn")
+    root = tmp_path / "data" / "syn"
+    write_training_clips(root)
+    args = ["--model", "audio2headpose", "--dataroot", str(root), "--checkpoints_dir", str(tmp_path / "ckpt"),
+            "--name", "a2h", "--num_threads", "0", "--time_frame_length", "12", "--batch_size", "4",
+            "--frame_jump_stride", "7", "--max_iters", "2", "--config_dir", str(config_dir), "--motion_calibration",
+            "off"]
+    result = train.cli(args)
+    assert result == 0 and not is_calibrated(config_dir / "syn.yaml")
+    opt = TrainOptions().parse([*args[:-2], "--continue_train"], save=False)
+    calls = []
+    monkeypatch.setattr(motion, "calibrate_identity", lambda identity, *a, **k: calls.append(identity))
+
+    def reuse():
+        train.point_identity_at_run(opt, None, {"frame_future": opt.frame_future}, retrained=False)
+
+    reuse()
+    assert calls == ["syn"]  # trained without a calibration: calibrated now
+    set_config_value(config_dir, "syn", ("model_params", "Headpose", "motion_gain"), [1.0] * 6)
+    reuse()
+    assert calls == ["syn"]  # pointed at this run and calibrated: nothing to redo
+    pointed = load_config("syn", config_dir)["model_params"]["Headpose"]["ckp_path"]
+    set_config_value(config_dir, "syn", ("model_params", "Headpose", "ckp_path"), "checkpoints/other/a.pth")
+    reuse()
+    assert calls == ["syn", "syn"]  # the config pointed at another network: pointed back and calibrated again
+    assert load_config("syn", config_dir)["model_params"]["Headpose"]["ckp_path"] == pointed
 
 
 def test_no_speech_for_the_calibration_is_one_line(tmp_path):

@@ -47,6 +47,7 @@ from models.runtime.streams import AudioEncoder, FeatureStream, PairBuffer, Pose
 from util.audio import SAMPLE_RATE, load_audio
 from util.errors import InputError
 from util.geometry import normalise_pose
+from util.io import read_yaml
 
 log = logging.getLogger("lsp")
 
@@ -159,6 +160,13 @@ def speech_files(folder: Path, seconds: float = SPEECH_SECONDS, flag: str = "--m
         out.append(load_audio(path, SAMPLE_RATE))
         total += len(out[-1]) / SAMPLE_RATE
     return out
+
+
+def is_calibrated(config: Path) -> bool:
+    """Whether config/<id>.yaml holds a head-motion calibration (its gains)."""
+    params = read_yaml(config).get("model_params", {})
+    section = params.get(STAGES["audio2headpose"].section, {}) if isinstance(params, dict) else {}
+    return isinstance(section, dict) and "motion_gain" in section
 
 
 def calibrate_identity(identity: str, config_dir: Path, speech: Path | None = None,
