@@ -108,7 +108,17 @@ def point_identity_at_run(opt: argparse.Namespace, best: float | None, meta: dic
 
 
 def main(opt: argparse.Namespace) -> dict:
-    """Train `opt.model`; returns {'epoch', 'total_iters', 'best', 'model'}. Raises InputError / TrainingError."""
+    """Train `opt.model`; returns {'epoch', 'total_iters', 'best', 'model'}. Raises InputError / TrainingError.
+    The run's log.txt gets this run's lines only, also when one process trains several (the quickstart)."""
+    from util.log import close_run_log
+
+    try:
+        return _train(opt)
+    finally:
+        close_run_log(Path(opt.checkpoints_dir) / opt.name)
+
+
+def _train(opt: argparse.Namespace) -> dict:
     import torch
 
     from datasets import create_dataset, create_loader

@@ -127,6 +127,11 @@ def test_training_writes_logs_pages_and_test_metrics(identity, tmp_path):
                                                    "best_net_Audio2Feature.pth", "1_net_Audio2Feature.pth"}
     assert (run / "train_opt.txt").is_file() and json.loads((run / "opt.json").read_text())["model"] == "audio2feature"
     trained_with = (run / "opt.json").read_text()
+    logged = (run / "log.txt").read_text()
+    second = [*train_args(identity, tmp_path, "audio2feature", "--max_iters", "1"), "--name", "second"]
+    assert train.cli(second) == 0  # another run in the same process (the quickstart's way) logs to its own file
+    assert (run / "log.txt").read_text() == logged
+    assert "parameters" in (tmp_path / "ckpt" / "second" / "log.txt").read_text()
     cfg = (tmp_path / "config" / f"{identity.name}.yaml").read_text()  # the demo now finds the trained network
     assert str(run / "best_net_Audio2Feature.pth") in cfg
     opt = TestOptions().parse(["--model", "audio2feature", "--dataroot", str(identity), "--checkpoints_dir",

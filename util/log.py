@@ -44,6 +44,15 @@ def get_logger(run_dir: str | Path | None = None, level: int = logging.INFO) -> 
     return logger
 
 
+def close_run_log(run_dir: str | Path) -> None:
+    """Stop appending to `<run_dir>/log.txt` (a process that trains several runs gives each its own log)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    path = str((Path(run_dir) / "log.txt").resolve())
+    for handler in [h for h in logger.handlers if getattr(h, "baseFilename", None) == path]:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def warn_once(message: str) -> None:
     """Log a warning the first time `message` is seen in this process."""
     if message not in _warned:
