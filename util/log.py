@@ -35,8 +35,8 @@ def get_logger(run_dir: str | Path | None = None, level: int = logging.INFO) -> 
         logger.propagate = False
     logger.setLevel(level)
     if run_dir is not None:
-        path = Path(run_dir) / "log.txt"
-        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in logger.handlers):
+        path = run_log_path(run_dir)
+        if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
             path.parent.mkdir(parents=True, exist_ok=True)
             fh = logging.FileHandler(path)
             fh.setFormatter(logging.Formatter(_FORMAT))
@@ -44,10 +44,15 @@ def get_logger(run_dir: str | Path | None = None, level: int = logging.INFO) -> 
     return logger
 
 
+def run_log_path(run_dir: str | Path) -> Path:
+    """`<run_dir>/log.txt`, resolved as logging.FileHandler records it (its `baseFilename`)."""
+    return (Path(run_dir) / "log.txt").resolve()
+
+
 def close_run_log(run_dir: str | Path) -> None:
     """Stop appending to `<run_dir>/log.txt` (a process that trains several runs gives each its own log)."""
     logger = logging.getLogger(LOGGER_NAME)
-    path = str((Path(run_dir) / "log.txt").resolve())
+    path = str(run_log_path(run_dir))
     for handler in [h for h in logger.handlers if getattr(h, "baseFilename", None) == path]:
         logger.removeHandler(handler)
         handler.close()
