@@ -43,6 +43,9 @@ class Stage:
 STAGES = {s.model: s for s in (Stage("apc", "APC", "APC"), Stage("audio2feature", "Audio2Feature", "Audio2Mouth"),
                                Stage("audio2headpose", "Audio2Headpose", "Headpose"),
                                Stage("feature2face", "Feature2Face", "Image2Image"))}
+# Stages whose config ckp_path may list several checkpoints of the same recipe (trained with different seeds):
+# the runtime averages their outputs (an ensemble; one path is the release's form)
+ENSEMBLE_STAGES = ("audio2feature",)
 
 
 def check_identity_name(name: str, flag: str = "--id") -> str:
@@ -170,7 +173,7 @@ def load_config(identity: str, config_dir: str | Path | None = None) -> dict:
         params = cfg["model_params"].get(stage.section)
         if not isinstance(params, dict):
             raise InputError(f"config file {id_path}: model_params.{stage.section} must be a mapping, found {params!r}")
-        config_path(cfg | {"_path": str(id_path)}, ("model_params", stage.section, "ckp_path"))
+        stage_checkpoints(cfg | {"_path": str(id_path)}, stage.model)
     for key in ("root", "fit_data_path", "pts3d_path"):
         config_path(cfg | {"_path": str(id_path)}, ("dataset_params", key))
     cfg["_root"] = str(config_dir.resolve().parent)
@@ -188,6 +191,19 @@ def config_path(cfg: dict, keys: tuple[str, ...]) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"config file {cfg.get('_path', '?')}: {'.'.join(keys)} must be a path, found {value!r}")
     return resolve(cfg, value)
+
+
+def stage_checkpoints(cfg: dict, stage: str) -> list[Path]:
+    """The checkpoints config[model_params][<stage section>].ckp_path names: one path, or for an
+    ENSEMBLE_STAGES stage a non-empty list of paths; InputError otherwise."""
+    keys = ("model_params", STAGES[stage].section, "ckp_path")
+    value = cfg["model_params"][keys[1]].get("ckp_path") if isinstance(cfg["model_params"].get(keys[1]), dict) else None
+    if stage not in ENSEMBLE_STAGES or not isinstance(value, list):
+        return [config_path(cfg, keys)]
+    if not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError(f"config file {cfg.get('_path', '?')}: {'.'.join(keys)} must be a path or a non-empty list "
+                         f"of paths, found {value!r}")
+    return [resolve(cfg, v) for v in value]
 
 
 def resolve(cfg: dict, path: str | Path) -> Path:

@@ -5,8 +5,9 @@
 1. preprocess the bundled clip (data/example_src/TedLieu_60s.mp4) into data/example/
 2. write the identity's APC features with the bundled encoder (data/apc/, trained on 81 min of speech;
    --train_apc pre-trains one on --speech instead)
-3. train audio2feature, audio2headpose and feature2face with the profile's budget, the audio stages with
-   --lookahead_ms of lookahead (the live latency floor)
+3. train audio2feature (--mouth_models of them, seeds 0, 1, ..., averaged at run time), audio2headpose and
+   feature2face with the profile's budget, the audio stages with --lookahead_ms of lookahead (the live
+   latency floor)
 4. drive the result with the held-out tail's audio and with another speaker's speech
 5. evaluate and write results/example/report.html and metrics.json
 6. on a CPU, export the renderer to ONNX (float32 and int8) for the live page: scripts/serve.py --backend onnx_int8
@@ -38,6 +39,10 @@ MAX_POSE_LOOKAHEAD = 15  # LSP §1.13: the pose model's own lookahead; never mor
 PROFILES = {
     "fast": {
         "size": 256,
+        # mouth models trained with seeds 0, 1, ... whose outputs the runtime averages (config ckp_path lists
+        # them): on the example at 150 ms, one model's held-out opening correlation was 0.61-0.72 over seeds
+        # 0-4 (mean 0.67), three consecutive seeds' average 0.67-0.70 (mean 0.69)
+        "mouth_models": 3,
         "apc": ["--apc_hidden_size", "256", "--segment_length", "240", "--batch_size", "16", "--max_iters", "300",
                 "--lr", "1e-3"],
         # the average of the last ~50 steps' weights, as trained (its validation M-LMD prefers an early, nearly
@@ -64,6 +69,7 @@ PROFILES = {
     # here: this machine has no GPU); on a CPU only its flags and networks are tested.
     "gpu": {
         "size": 512,
+        "mouth_models": 3,
         "apc": ["--segment_length", "480", "--batch_size", "32", "--max_iters", "3000", "--lr", "1e-3", "--amp"],
         "audio2feature": ["--sequence_length", "240", "--batch_size", "32", "--frame_jump_stride", "4",
                           "--max_iters", "2000", "--lr", "1e-3", "--val_freq", "5", "--amp"],
@@ -74,6 +80,7 @@ PROFILES = {
     },
     "tiny": {
         "size": 128,
+        "mouth_models": 2,
         "apc": ["--apc_hidden_size", "64", "--apc_layers", "2", "--segment_length", "120", "--batch_size", "8",
                 "--max_iters", "10", "--max_dataset_size", "40"],
         "audio2feature": ["--sequence_length", "60", "--batch_size", "8", "--frame_jump_stride", "30",
@@ -90,7 +97,7 @@ PROFILES = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from models.evaluation.evaluate import add_metric_weight_flags, metric_weights
-    from util.argtypes import ArgumentParser, non_negative_float
+    from util.argtypes import ArgumentParser, non_negative_float, positive_int
 
     p = ArgumentParser(prog="quickstart.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", type=str, default="fast", choices=tuple(PROFILES), help="training budget")
@@ -107,12 +114,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="redo every step")
     p.add_argument("--lookahead_ms", type=non_negative_float, default=DEFAULT_LOOKAHEAD_MS,
                    help="audio the mouth model may wait for (300 = the release; 0 = none): the live latency floor")
+    p.add_argument("--mouth_models", type=positive_int, default=None,
+                   help="mouth models (seeds 0, 1, ...) whose outputs are averaged (default: the profile's; 1 = "
+                        "the release's single model)")
     p.add_argument("--apc_ckpt", type=Path, default=None,
                    help="the audio encoder (default: the bundled data/apc/apc_h256.pth)")
     p.add_argument("--train_apc", action="store_true", help="pre-train the audio encoder on --speech instead")
     add_metric_weight_flags(p)
     args = p.parse_args(argv)
     args.weights = metric_weights(p, args)
+    args.mouth_models = args.mouth_models or PROFILES[args.profile]["mouth_models"]
     return args
 
 
@@ -133,22 +144,24 @@ def lookahead_frames(a: argparse.Namespace, fps: float = 60.0) -> dict[str, int]
     return {"audio2feature": frames, "smooth": min(2, frames // 4), "audio2headpose": min(MAX_POSE_LOOKAHEAD, frames)}
 
 
-def run_name(a: argparse.Namespace, stage: str) -> str:
-    """<id>_<stage>, with the lookahead when it is not the release's (each choice is its own model)."""
+def run_name(a: argparse.Namespace, stage: str, member: int = 0) -> str:
+    """<id>_<stage>, with the lookahead when it is not the release's (each choice is its own model) and, for
+    the mouth models after the first, _m<member>."""
     audio = stage in ("audio2feature", "audio2headpose") and a.lookahead_ms != RELEASE_LOOKAHEAD_MS
-    return f"{a.id}_{stage}" + (f"_{a.lookahead_ms:g}ms" if audio else "")
+    return f"{a.id}_{stage}" + (f"_{a.lookahead_ms:g}ms" if audio else "") + (f"_m{member}" if member else "")
 
 
-def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict) -> Path:
-    """Train (or resume, or skip) one stage; returns its network checkpoint."""
+def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict, member: int = 0) -> Path:
+    """Train (or resume, or skip) one stage (of the mouth models, the one seeded `member`); returns its network
+    checkpoint."""
     import train
     from datasets.identity import STAGES, IdentityFiles
     from util.checkpoint import load_checkpoint_state, network_path, state_path
 
-    name = run_name(a, stage)
+    name = run_name(a, stage, member)
     run = a.checkpoints_dir / name
     ckpt = network_path(run, "latest", STAGES[stage].network)
-    flags = PROFILES[a.profile][stage]
+    flags = PROFILES[a.profile][stage] + (["--seed", str(member)] if member else [])
     if stage in ("audio2feature", "audio2headpose"):
         flags = [*flags, "--frame_future", str(lookahead_frames(a)[stage])]
     if stage == "audio2headpose":
@@ -178,8 +191,25 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
         args.append("--overwrite")  # --force redoes the step; without a latest checkpoint nothing can resume
     start = time.time()
     run_step(f"train {stage}", train.cli, args)
-    timings[f"train_{stage}_s"] = time.time() - start
+    key = f"train_{stage}_s"
+    timings[key] = timings.get(key, 0.0) + time.time() - start
     return ckpt
+
+
+def train_mouth_models(a: argparse.Namespace, dataroot: Path, timings: dict) -> None:
+    """Train --mouth_models mouth models, seeds 0, 1, ...; with more than one, point config/<id>.yaml's
+    Audio2Mouth.ckp_path at the list of the checkpoints their training chose (the runtime averages them)."""
+    from datasets.identity import STAGES, load_config, project_path, set_config_value, stage_checkpoints
+
+    chosen = []
+    for member in range(a.mouth_models):
+        if a.mouth_models > 1:
+            print(f"\n== mouth model {member + 1} of {a.mouth_models} (seed {member})", flush=True)
+        train_stage(a, "audio2feature", dataroot, timings, member)
+        chosen += stage_checkpoints(load_config(a.id, a.config_dir), "audio2feature")[:1]
+    if a.mouth_models > 1:
+        set_config_value(a.config_dir, a.id, ("model_params", STAGES["audio2feature"].section, "ckp_path"),
+                         [project_path(p) for p in chosen])
 
 
 def whole_epochs(common: list[str], flags: list[str]) -> list[str]:
@@ -268,7 +298,9 @@ def quickstart(a: argparse.Namespace) -> None:
         run_step("APC features of the example", preprocess.main,
                  ["--id", a.id, "--only", "apc_features", "--apc_ckpt", str(apc), *common])
     for stage in STAGES:
-        if stage != "apc":
+        if stage == "audio2feature":
+            train_mouth_models(a, identity, timings)
+        elif stage != "apc":
             train_stage(a, stage, identity, timings)
     set_config_value(a.config_dir, a.id, ("model_params", "Audio2Mouth", "smooth_lookahead"),
                      lookahead_frames(a)["smooth"])

@@ -18,6 +18,7 @@ from models.evaluation.syncnet import SyncNet, mfcc, score_video
 from models.runtime import motion
 from models.synthetic import synthetic_face
 from util.errors import InputError
+from util.io import read_yaml
 from util.landmarks import face_width, mouth_opening
 
 
@@ -164,6 +165,9 @@ def test_quickstart_tiny_profile(tmp_path, landmarker, monkeypatch):
     assert {"sync_offset_ms_ours", "silence_opening_real", "silence_opening_ours"} <= set(metrics)
     assert "A/V offset, own measure" in report
     assert (out / "eng_12s" / "eng_12s.mp4").is_file() and (out / "side_by_side.mp4").is_file()
+    mouths = read_yaml(tmp_path / "config" / "example.yaml")["model_params"]["Audio2Mouth"]["ckp_path"]
+    assert len(mouths) == 2 and "_150ms_m1/" in mouths[1]  # the tiny profile's two mouth models, averaged
+    assert metrics["training"]["Audio2Mouth"]["ensemble"] == 2
     trained = {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")}
     exported = {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.onnx")}
     assert sorted(p.name.split(".", 1)[1] for p in exported) == ["int8.onnx", "onnx"]  # for the live page

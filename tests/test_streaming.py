@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +16,17 @@ from scipy.ndimage import correlate1d, gaussian_filter1d
 
 import demo
 from datasets.identity import set_config_value
-from models.networks import Audio2HeadposeConfig
+from models.networks import Audio2FeatureEnsemble, Audio2FeatureNet, Audio2HeadposeConfig
 from models.networks.audio2headpose import generate_headpose_full
 from models.runtime import PortraitPipeline, StreamingSession, paced_chunks, postprocess, run_live
 from models.runtime.manifold import project_to_manifold
 from models.runtime.smoothing import CausalSmoother, SymmetricSmoother
 from models.runtime.streams import NoiseSource
 from models.synthetic import make_identity
+from util.checkpoint import save_network
+from util.errors import InputError
 from util.geometry import denormalise_pose, project_landmarks
+from util.io import read_yaml
 from util.video import probe
 
 
@@ -346,3 +351,59 @@ def test_a_far_too_slow_renderer_skips_instead_of_falling_behind(pipe, speech):
     bound = 1000 * (session.lookahead / pipe.fps + 0.15 + 0.05 + 2 * 0.3)
     assert stats.dropped > 0 and [f.index for f in out] == list(range(0, 360, 15))
     assert max(stats.latencies_ms) < bound + 300, (max(stats.latencies_ms), bound)  # 300 ms of scheduling slack
+
+
+def ensemble_config(project, name: str, paths: list[str]) -> Path:
+    """A config folder in `project` whose 'tiny' identity lists `paths` as its mouth models."""
+    folder = project / name
+    folder.mkdir(exist_ok=True)
+    shutil.copy(project / "config" / "tiny.yaml", folder / "tiny.yaml")
+    set_config_value(folder, "tiny", ("model_params", "Audio2Mouth", "ckp_path"), paths)
+    return folder
+
+
+def other_mouth_model(project, seed: int, frame_future: int = 18) -> str:
+    """Another randomly initialised mouth model saved beside the identity's: its config path."""
+    torch.manual_seed(seed)
+    net = Audio2FeatureNet()
+    path = project / "data" / "tiny" / "checkpoints" / f"Audio2Feature_{seed}_{frame_future}.pth"
+    save_network(path, net, "Audio2Feature", net.cfg, {"fps": 60, "frame_future": frame_future})
+    return f"./{path.relative_to(project).as_posix()}"
+
+
+def test_a_mouth_ensemble_averages_its_members_also_streamed(project, pipe, speech):
+    own = read_yaml(project / "config" / "tiny.yaml")["model_params"]["Audio2Mouth"]["ckp_path"]
+    folder = ensemble_config(project, "ens", [own, other_mouth_model(project, 1)])
+    ens = PortraitPipeline.from_identity("tiny", "cpu", folder)
+    net = ens.audio_side.mouth_net
+    assert isinstance(net, Audio2FeatureEnsemble) and len(net.members) == 2
+    x = torch.randn(1, 40, 512)
+    with torch.no_grad():
+        whole, _ = net(x)
+        first, state = net(x[:, :16])
+        second, _ = net(x[:, 16:], state)
+        members = [m(x)[0] for m in net.members]
+    torch.testing.assert_close(whole, (members[0] + members[1]) / 2)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)  # each member keeps its own LSTM state
+    assert not torch.allclose(members[0], members[1])
+    audio = speech[: 16000]
+    face2d, _ = reference_audio_side(ens, audio, seed=5)
+    frames = stream_all(ens, audio, 160)
+    np.testing.assert_allclose(np.concatenate([f.landmarks.face2d for f in frames]), face2d, atol=1e-3)
+    assert np.abs(face2d - reference(pipe, 1.0, seed=5)[0]).max() > 1e-3  # not the first member's mouth
+    twice = PortraitPipeline.from_identity("tiny", "cpu", ensemble_config(project, "twice", [own, own]))
+    np.testing.assert_allclose(twice.predict(audio, seed=5).face2d, pipe.predict(audio, seed=5).face2d, atol=1e-5)
+
+
+def test_a_mouth_ensemble_of_different_lookaheads_is_refused(project):
+    own = read_yaml(project / "config" / "tiny.yaml")["model_params"]["Audio2Mouth"]["ckp_path"]
+    folder = ensemble_config(project, "mixed", [own, other_mouth_model(project, 2, frame_future=9)])
+    with pytest.raises(InputError, match=r"checkpoints disagree on frame_future .*_2_9\.pth: 9"):
+        PortraitPipeline.from_identity("tiny", "cpu", folder)
+    set_config_value(folder, "tiny", ("model_params", "Audio2Mouth", "ckp_path"), [])
+    with pytest.raises(InputError, match=r"Audio2Mouth\.ckp_path must be a path or a non-empty list"):
+        PortraitPipeline.from_identity("tiny", "cpu", folder)
+    set_config_value(folder, "tiny", ("model_params", "Audio2Mouth", "ckp_path"), own)
+    set_config_value(folder, "tiny", ("model_params", "Headpose", "ckp_path"), [own])  # only the mouth is averaged
+    with pytest.raises(InputError, match=r"Headpose\.ckp_path must be a path"):
+        PortraitPipeline.from_identity("tiny", "cpu", folder)

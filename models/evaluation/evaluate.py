@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.identity import STAGES, ClipFiles, IdentityFiles, config_path
+from datasets.identity import STAGES, ClipFiles, IdentityFiles, stage_checkpoints
 from datasets.preprocessing.tracker import track_frames
 from datasets.preprocessing.tracks import Geometry, filled_geometry, resample
 from models.evaluation import lipsync
@@ -240,20 +240,27 @@ def person_pose_statistics(files: IdentityFiles, fps: float, window: int) -> dic
             "window_rot_std_deg_range": M.window_std_range(rots, window), "window_seconds": window / fps}
 
 
+def _checkpoint_summary(path: Path) -> dict:
+    """{'checkpoint': path, 'iterations': its run's training iterations, when its training state says}."""
+    info: dict = {"checkpoint": str(path)}
+    parts = split_network_path(path)
+    state = state_path(path.parent, parts[0]) if parts else None
+    if state is not None and state.is_file():
+        try:  # a summary line: an unreadable state (e.g. written by an older version) only loses it
+            info["iterations"] = int(load_file(state, "training state")["total_iters"])
+        except (InputError, KeyError, TypeError, ValueError) as err:
+            log.warning("training summary: %s", str(err).splitlines()[0][:200])
+    return info
+
+
 def _training_summary(cfg: dict, speech_dir: Path | None) -> dict:
     """Iterations of the networks the config points at (from their training state); how much speech APC saw."""
     out = {}
     for stage in STAGES.values():
-        path = config_path(cfg, ("model_params", stage.section, "ckp_path"))
-        info: dict = {"checkpoint": str(path)}
-        parts = split_network_path(path)
-        state = state_path(path.parent, parts[0]) if parts else None
-        if state is not None and state.is_file():
-            try:  # a summary line: an unreadable state (e.g. written by an older version) only loses it
-                info["iterations"] = int(load_file(state, "training state")["total_iters"])
-            except (InputError, KeyError, TypeError, ValueError) as err:
-                log.warning("training summary: %s", str(err).splitlines()[0][:200])
-        out[stage.section] = info
+        infos = [_checkpoint_summary(path) for path in stage_checkpoints(cfg, stage.model)]
+        out[stage.section] = infos[0] if len(infos) == 1 else {
+            "checkpoint": ", ".join(i["checkpoint"] for i in infos), "ensemble": len(infos),
+            **({"iterations": infos[0]["iterations"]} if "iterations" in infos[0] else {})}
     if speech_dir is not None and Path(speech_dir).is_dir():
         import soundfile as sf
 

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets.identity import CONFIG_DIR, STAGES, check_identity_name, config_path, load_config
+from datasets.identity import CONFIG_DIR, STAGES, check_identity_name, load_config, stage_checkpoints
 from models.runtime import PortraitPipeline, RenderedFrame, StreamingSession
 from models.runtime.renderer import ONNX_FILES, resolve_device
 from util.errors import InputError
@@ -39,7 +39,7 @@ def checked_identity(name: str) -> str:
 
 
 def _trained(cfg: dict) -> bool:
-    return all(config_path(cfg, ("model_params", s.section, "ckp_path")).is_file() for s in STAGES.values())
+    return all(path.is_file() for s in STAGES for path in stage_checkpoints(cfg, s))
 
 
 def list_identities(config_dir: Path | None = None) -> list[str]:

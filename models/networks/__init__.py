@@ -2,7 +2,7 @@
 Feature2Face generators and the multiscale PatchGAN discriminator. They take typed configs, never `opt`."""
 
 from models.networks.apc import APC, APCConfig
-from models.networks.audio2feature import Audio2FeatureConfig, Audio2FeatureNet
+from models.networks.audio2feature import Audio2FeatureConfig, Audio2FeatureEnsemble, Audio2FeatureNet
 from models.networks.audio2headpose import Audio2HeadposeConfig, Audio2HeadposeNet
 from models.networks.discriminator import MultiscaleDiscriminator, MultiscaleDiscriminatorConfig
 from models.networks.feature2face import FEATURE2FACE_GENERATORS, Feature2FaceG, Feature2FaceGConfig
@@ -19,6 +19,7 @@ __all__ = [
     "NETWORKS",
     "APCConfig",
     "Audio2FeatureConfig",
+    "Audio2FeatureEnsemble",
     "Audio2FeatureNet",
     "Audio2HeadposeConfig",
     "Audio2HeadposeNet",

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.identity import STAGES, IdentityAssets, config_path, load_config
+from datasets.identity import STAGES, IdentityAssets, load_config, stage_checkpoints
 from models.networks import (
     APC,
     NETWORKS,
     APCConfig,
+    Audio2FeatureEnsemble,
     Audio2FeatureNet,
     Audio2HeadposeNet,
     Feature2FaceG,
@@ -154,8 +155,28 @@ def _load_stage(cfg: dict, stage: str, default: object | None = None, **kw: obje
     """The network config[model_params][<stage section>].ckp_path names: (network, its config, meta)."""
     s = STAGES[stage]
     net_cls, config_cls = NETWORKS[s.network]
-    path = config_path(cfg, ("model_params", s.section, "ckp_path"))
-    return load_network(path, s.network, net_cls, config_cls, default or config_cls(), f"{s.network} checkpoint", **kw)
+    what = f"{s.network} checkpoint"
+    loaded = [load_network(path, s.network, net_cls, config_cls, default or config_cls(), what, **kw)
+              for path in stage_checkpoints(cfg, stage)]
+    if len(loaded) == 1:
+        return loaded[0]
+    return _ensemble(cfg, stage, loaded)
+
+
+def _ensemble(cfg: dict, stage: str, loaded: list[tuple]) -> tuple:
+    """Several loaded checkpoints of one stage (config ckp_path a list) as one averaging network; they must
+    agree on what the runtime reads from their meta (lookahead, rate) and on their input size."""
+    paths = stage_checkpoints(cfg, stage)
+    for key in ("frame_future", "fps"):
+        values = {str(meta.get(key)) for _, _, meta in loaded}
+        if len(values) > 1:
+            raise InputError(f"config file {cfg['_path']}: the {STAGES[stage].section} checkpoints disagree on "
+                             f"{key} ({', '.join(f'{p}: {m.get(key)}' for p, (_, _, m) in zip(paths, loaded))}); "
+                             "an ensemble needs checkpoints trained with the same lookahead and rate")
+    if len({net.cfg.apc_dim for net, _, _ in loaded}) > 1:
+        raise InputError(f"config file {cfg['_path']}: the {STAGES[stage].section} checkpoints take APC features "
+                         "of different sizes; an ensemble needs one audio encoder")
+    return Audio2FeatureEnsemble([net for net, _, _ in loaded]), loaded[0][1], loaded[0][2]
 
 
 def load_audio_side(cfg: dict, device: torch.device, with_mouth: bool = True) -> AudioSide:
