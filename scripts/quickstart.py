@@ -34,8 +34,8 @@ RELEASE_LOOKAHEAD_MS = 300  # LSP §1.13: 18 frames of mouth lookahead at 60 fps
 DEFAULT_LOOKAHEAD_MS = 150
 MAX_POSE_LOOKAHEAD = 15  # LSP §1.13: the pose model's own lookahead; never more than the mouth's
 
-# Training budgets: `fast` fits about 15 minutes on 2 CPU cores; `gpu` is the full-size recipe; `tiny` is
-# the CI smoke run.
+# Training budgets: `fast` fits about 12-20 minutes on 2 CPU cores (18.4 measured with three mouth models);
+# `gpu` is the full-size recipe; `tiny` is the CI smoke run.
 PROFILES = {
     "fast": {
         "size": 256,
