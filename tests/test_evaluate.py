@@ -12,7 +12,7 @@ import torch
 from conftest import FIXTURES, load_script
 
 from models.evaluation import metrics as M
-from models.evaluation.evaluate import mouth_scores
+from models.evaluation.evaluate import mouth_scores, speaker_mouth_scores, track_video
 from models.evaluation.lpips import LPIPS, alexnet_features
 from models.evaluation.syncnet import SyncNet, mfcc, score_video
 from models.runtime import motion
@@ -135,6 +135,20 @@ def test_syncnet_loads_strictly_and_scores_a_real_clip(tmp_path, landmarker):
     assert abs(scores["offset_frames"]) <= 15 and scores["windows"] == 95
 
 
+def test_our_mouth_is_compared_with_a_driving_video_speakers_own(landmarker):
+    clip = FIXTURES / "talk_4s.mp4"  # 4 s at 25 fps with its own speech
+    pts, fps = track_video(clip)
+    at_60 = np.stack([np.stack([np.interp(np.arange(int(len(pts) * 60 / fps)) / 60, np.arange(len(pts)) / fps,
+                                          pts[:, i, k]) for k in range(3)], -1) for i in range(pts.shape[1])], 1)
+    same = speaker_mouth_scores(clip, at_60, 60.0)  # the speaker's own mouth, at our rate
+    assert same["opening_correlation_vs_speaker"] > 0.95 and same["speaker_frames"] == len(pts)
+    late = speaker_mouth_scores(clip, np.roll(at_60, 30, axis=0), 60.0)  # half a second late
+    assert late["opening_correlation_vs_speaker"] < same["opening_correlation_vs_speaker"] - 0.3
+    short = speaker_mouth_scores(clip, at_60[:120], 60.0)  # a prediction of 2 s covers the first 50 frames
+    assert short["speaker_frames"] == 50 and short["opening_correlation_vs_speaker"] > 0.95
+    assert speaker_mouth_scores(FIXTURES / "speech_3s.wav", at_60, 60.0) == {}  # audio only: nothing to compare
+
+
 def test_evaluate_script_bad_inputs(tmp_path, capsys):
     evaluate = load_script("evaluate")
     assert evaluate.main(["--id", "nobody", "--driving_audio", "x.wav", "--data_root", str(tmp_path)]) == 2
@@ -175,7 +189,9 @@ def test_quickstart_tiny_profile(tmp_path, landmarker, monkeypatch):
     made = meta.stat().st_mtime_ns
     calibrations = []  # the config points at the reused pose network and holds its calibration: none again
     monkeypatch.setattr(motion, "calibrate_identity", lambda *a, **k: calibrations.append(a))
-    assert load_script("quickstart").main(["--profile", "tiny", *dirs]) == 0  # a second run reuses everything
+    assert "opening_correlation_vs_speaker" not in metrics["other_speaker"]  # eng_12s is speech alone
+    talk = FIXTURES / "talk_4s.mp4"  # the second run is driven by a video: our mouth is compared with its speaker's
+    assert load_script("quickstart").main(["--profile", "tiny", *dirs, "--driving_audio", str(talk)]) == 0
     assert calibrations == []
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.pth")} == trained  # nothing retrained
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ckpt").rglob("*.onnx")} == exported  # nor re-exported
@@ -183,6 +199,9 @@ def test_quickstart_tiny_profile(tmp_path, landmarker, monkeypatch):
     again = json.loads((out / "metrics.json").read_text())
     assert again["audio_to_mouth"] == metrics["audio_to_mouth"]  # the same networks, the same numbers
     assert again["renderer"]["psnr_db"] == metrics["renderer"]["psnr_db"]
+    assert again["other_speaker"]["speaker_frames"] >= 95  # about all of the 4 s at 25 fps
+    assert -1 <= again["other_speaker"]["opening_correlation_vs_speaker"] <= 1
+    assert "our mouth opening vs the speaker's own" in (out / "report.html").read_text()
 
 
 def test_quickstart_spends_the_renderer_budget_in_whole_epochs(identity, tmp_path):

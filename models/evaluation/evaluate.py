@@ -39,7 +39,7 @@ from util.checkpoint import load_file, split_network_path, state_path
 from util.errors import InputError
 from util.io import atomic_write, load_npz, prepare_output_dir, write_json
 from util.landmarks import face_width, mouth_opening
-from util.video import VideoReader
+from util.video import VideoReader, probe
 
 log = logging.getLogger("lsp")
 EVAL_BATCH = 4  # frames per renderer call in the evaluation's demos
@@ -144,6 +144,22 @@ def mouth_scores(pred: np.ndarray, real: np.ndarray, px_per_unit: float) -> dict
             "opening_correlation": M.correlation(mouth_opening(pred), mouth_opening(real[:n])), "frames": n}
 
 
+def speaker_mouth_scores(path: Path, pred: np.ndarray, fps: float) -> dict:
+    """When the driving file `path` is a video of its speaker: how well our predicted mouth (N, 73, 3) at `fps`
+    follows the speaker's own tracked one, as the correlation of their openings at the video's frame times
+    (the other mouth's shape differs; when it opens and closes should not). {} for audio, or no face."""
+    if probe(path)["video"] is None:
+        return {}
+    pts, video_fps = track_video(path)
+    if not len(pts):
+        log.warning("%s: no face found, so our mouth cannot be compared with the speaker's", path)
+        return {}
+    opening = mouth_opening(pred)
+    at = np.interp(np.arange(len(pts)) / video_fps, np.arange(len(opening)) / fps, opening)
+    n = min(len(pts), int(len(opening) * video_fps / fps))  # the speaker's frames our prediction covers
+    return {"opening_correlation_vs_speaker": M.correlation(at[:n], mouth_opening(pts)[:n]), "speaker_frames": n}
+
+
 def audio_envelope(audio: np.ndarray, fps: float, n: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """RMS loudness per video frame (n,)."""
     hop = sample_rate / fps
@@ -205,7 +221,8 @@ def evaluate_identity(pipe: PortraitPipeline, identity: str, out_dir: Path, driv
         "audio": str(driving["other_speaker"]), "seconds": len(other) / SAMPLE_RATE,
         "head_pose": sampled_pose_statistics(pipe, other, pred_other),
         "mouth_vs_loudness": M.correlation(mouth_opening(pred_other.face3d),
-                                           audio_envelope(other, pipe.fps, pred_other.n_frames))}
+                                           audio_envelope(other, pipe.fps, pred_other.n_frames)),
+        **speaker_mouth_scores(driving["other_speaker"], pred_other.face3d, pipe.fps)}
     results["speed"] = {**speed, **{k: round(v, 1) for k, v in timings.items()}}
     if weights.syncnet_ckpt is not None:
         results["lip_sync"] = lip_sync_scores(weights.syncnet_ckpt, clip, src, audio, rendered, other, driving,

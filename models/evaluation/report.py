@@ -131,7 +131,10 @@ def write_report(out_dir: Path, results: dict, samples: list, series: dict, pred
                  ("head rotation speed (deg/s): sampled / real", f"{_fmt(r['head_pose']['sampled']['rot_speed_deg_s'])}"
                   f" / {_fmt(r['head_pose']['real']['rot_speed_deg_s'])}"),
                  *_person_rows(r),
-                 ("other speaker: mouth opening vs loudness", _fmt(r["other_speaker"]["mouth_vs_loudness"]))]
+                 ("other speaker: mouth opening vs loudness", _fmt(r["other_speaker"]["mouth_vs_loudness"])),
+                 *([("other speaker: our mouth opening vs the speaker's own (tracked in the driving video)",
+                     _fmt(r["other_speaker"]["opening_correlation_vs_speaker"]))]
+                   if "opening_correlation_vs_speaker" in r["other_speaker"] else [])]
         rows += [(f"speed: {k}", _fmt(v)) for k, v in r["speed"].items()]
         _table(rows)
         h2("Plots")
