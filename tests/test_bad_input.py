@@ -84,7 +84,10 @@ CONFIGS = {
     "binary": (b"fps: 60\n\xff\xfe\x00bad: 1\n", "not UTF-8"),
     "model_params_5": ("model_params: 5\n", "model_params must be a mapping"),
     "dataset_params_null": ("dataset_params: null\n", "dataset_params must be a mapping"),
-    "ckp_list": ({"model_params": {"Audio2Mouth": {"ckp_path": ["a.pth", "b.pth"]}}}, "ckp_path must be a path"),
+    "ckp_list": ({"model_params": {"Headpose": {"ckp_path": ["a.pth", "b.pth"]}}}, "Headpose.ckp_path must be a path"),
+    "mouth_list_empty": ({"model_params": {"Audio2Mouth": {"ckp_path": []}}}, "a path or a non-empty list of paths"),
+    "mouth_list_missing": ({"model_params": {"Audio2Mouth": {"ckp_path": ["a.pth"]}}},
+                           "Audio2Feature checkpoint not found: "),  # each listed mouth model is looked for
     "knear_0": ({"model_params": {"APC": {"Knear": 0}}}, "Knear must be an integer >= 1"),
     "ngf_text": ({"model_params": {"Image2Image": {"ngf": "wide"}}}, "Image2Image size/ngf/num_downs"),
     "amp_text": ({"model_params": {"Headpose": {"AMP": ["a", 1]}}}, "Headpose.AMP must be"),
