@@ -197,7 +197,8 @@ def stage_checkpoints(cfg: dict, stage: str) -> list[Path]:
     """The checkpoints config[model_params][<stage section>].ckp_path names: one path, or for an
     ENSEMBLE_STAGES stage a non-empty list of paths; InputError otherwise."""
     keys = ("model_params", STAGES[stage].section, "ckp_path")
-    value = cfg["model_params"][keys[1]].get("ckp_path") if isinstance(cfg["model_params"].get(keys[1]), dict) else None
+    section = cfg["model_params"].get(keys[1])
+    value = section.get("ckp_path") if isinstance(section, dict) else None
     if stage not in ENSEMBLE_STAGES or not isinstance(value, list):
         return [config_path(cfg, keys)]
     if not value or not all(isinstance(v, str) and v.strip() for v in value):

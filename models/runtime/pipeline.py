@@ -156,17 +156,16 @@ def _load_stage(cfg: dict, stage: str, default: object | None = None, **kw: obje
     s = STAGES[stage]
     net_cls, config_cls = NETWORKS[s.network]
     what = f"{s.network} checkpoint"
-    loaded = [load_network(path, s.network, net_cls, config_cls, default or config_cls(), what, **kw)
-              for path in stage_checkpoints(cfg, stage)]
+    paths = stage_checkpoints(cfg, stage)
+    loaded = [load_network(path, s.network, net_cls, config_cls, default or config_cls(), what, **kw) for path in paths]
     if len(loaded) == 1:
         return loaded[0]
-    return _ensemble(cfg, stage, loaded)
+    return _ensemble(cfg, stage, paths, loaded)
 
 
-def _ensemble(cfg: dict, stage: str, loaded: list[tuple]) -> tuple:
-    """Several loaded checkpoints of one stage (config ckp_path a list) as one averaging network; they must
-    agree on what the runtime reads from their meta (lookahead, rate) and on their input size."""
-    paths = stage_checkpoints(cfg, stage)
+def _ensemble(cfg: dict, stage: str, paths: list[Path], loaded: list[tuple]) -> tuple:
+    """Several loaded checkpoints of one stage (config ckp_path the list `paths`) as one averaging network; they
+    must agree on what the runtime reads from their meta (lookahead, rate) and on their input size."""
     for key in ("frame_future", "fps"):
         values = {str(meta.get(key)) for _, _, meta in loaded}
         if len(values) > 1:
