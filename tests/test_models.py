@@ -110,3 +110,19 @@ def test_mouth_weighted_loss_counts_only_the_mouth_box():
     assert masked_l1(fake, real, mask) == 0
     fake[..., 2, 3] = 1.0  # one wrong pixel of the six in the box
     assert masked_l1(fake, real, mask) == pytest.approx(1 / 6)
+
+
+def test_mouth_gradient_loss_sees_edges_not_offsets():
+    from models.feature2face_model import masked_gradient_l1, mouth_mask
+
+    mask = mouth_mask(torch.tensor([[1, 1, 7, 7]]), (8, 8))  # a 6 x 6 box
+    real = torch.zeros(1, 3, 8, 8)
+    real[..., :, 4:] = 1.0  # a vertical edge inside the box
+    assert masked_gradient_l1(real + 0.3, real, mask) == pytest.approx(0, abs=1e-6)  # same edges
+    outside = real.clone()
+    outside[..., 0, :] = -1.0  # wrong on the first row, outside the box only
+    assert masked_gradient_l1(outside, real, mask) == 0
+    blurred = real.clone()
+    blurred[..., :, 3:5] = 0.5  # the edge spread over two steps
+    # 5 horizontal differences per row in the box: 0, 0.5 (real 0), 0 (real 1), 0.5 (real 0), 0
+    assert masked_gradient_l1(blurred, real, mask) == pytest.approx((0.5 + 1 + 0.5) / 5)
