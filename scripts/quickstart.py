@@ -5,9 +5,9 @@
 1. preprocess the bundled clip (data/example_src/TedLieu_60s.mp4) into data/example/
 2. write the identity's APC features with the bundled encoder (data/apc/, trained on 81 min of speech;
    --train_apc pre-trains one on --speech instead)
-3. train audio2feature (--mouth_models of them, seeds 0, 1, ..., averaged at run time), audio2headpose and
-   feature2face with the profile's budget, the audio stages with --lookahead_ms of lookahead (the live
-   latency floor)
+3. train audio2feature (--mouth_models of them, seeds 0, 1, ..., then one more that learns their average on
+   other speakers' speech: --teacher_ckpts), audio2headpose and feature2face with the profile's budget, the
+   audio stages with --lookahead_ms of lookahead (the live latency floor)
 4. drive the result with the held-out tail's audio and with another speaker's speech
 5. evaluate and write results/example/report.html and metrics.json
 6. on a CPU, export the renderer to ONNX (float32 and int8) for the live page: scripts/serve.py --backend onnx_int8
@@ -43,6 +43,9 @@ PROFILES = {
         # them): on the example at 150 ms, one model's held-out opening correlation was 0.61-0.72 over seeds
         # 0-4 (mean 0.67), three consecutive seeds' average 0.67-0.70 (mean 0.69)
         "mouth_models": 3,
+        # then member 0 fine-tuned to their average on the 12 min of --speech (and to the clips) runs alone: on
+        # the example 0.71 from member 0 or 1 (the three averaged 0.69), a fifth of the members' time
+        "distill": ["--max_iters", "150", "--batch_size", "16", "--distill_batch", "16"],
         "apc": ["--apc_hidden_size", "256", "--segment_length", "240", "--batch_size", "16", "--max_iters", "300",
                 "--lr", "1e-3"],
         # the average of the last ~50 steps' weights, as trained (its validation M-LMD prefers an early, nearly
@@ -57,9 +60,12 @@ PROFILES = {
                            "--a2h_wavenet_residual_channels", "64", "--a2h_wavenet_dilation_channels", "64",
                            "--a2h_wavenet_skip_channels", "128", "--a2h_wavenet_cond_channels", "256",
                            "--max_iters", "600", "--lr", "1e-3", "--val_freq", "4"],
-        # L1 + mouth L1 only, at a high rate: without the discriminator an iteration costs 0.43 s instead of
-        # 0.67, and in this budget the GAN gave no texture, only lower fidelity (held-out PSNR 24.5 dB with it
-        # at 2e-4 and 700 iterations, 26.4 dB and sharper mouths without it at 1e-3 and 1150). The budget
+        # L1 + the mouth box's L1 and pixel-difference L1 only, at a high rate: without the discriminator an
+        # iteration costs 0.43 s instead of 0.67, and in this budget the GAN gave no texture, only lower
+        # fidelity (held-out PSNR 24.5 dB with it at 2e-4 and 700 iterations, 26.4 dB and sharper mouths
+        # without it at 1e-3 and 1150). The pixel-difference term (--lambda_grad 100, the default) gave 27.8 /
+        # 28.0 dB against 26.3 / 25.9 without it (seeds 0 / 1), mouth sharpness 4058 / 4481 against 3808 /
+        # 3635; over the whole frame it lost (25.8 dB, seed 0). The budget
         # becomes whole epochs of the identity's clips, the last third decaying (`whole_epochs`): for the
         # example, 3 epochs of 338 batches, the last at half the rate and validated.
         "feature2face": ["--ngf", "16", "--no_discriminator", "--batch_size", "4", "--max_iters", "1014", "--lr",
@@ -70,6 +76,7 @@ PROFILES = {
     "gpu": {
         "size": 512,
         "mouth_models": 3,
+        "distill": ["--max_iters", "1000", "--batch_size", "16", "--distill_batch", "16"],
         "apc": ["--segment_length", "480", "--batch_size", "32", "--max_iters", "3000", "--lr", "1e-3", "--amp"],
         "audio2feature": ["--sequence_length", "240", "--batch_size", "32", "--frame_jump_stride", "4",
                           "--max_iters", "2000", "--lr", "1e-3", "--val_freq", "5", "--amp"],
@@ -81,6 +88,7 @@ PROFILES = {
     "tiny": {
         "size": 128,
         "mouth_models": 2,
+        "distill": ["--max_iters", "4", "--batch_size", "4", "--distill_batch", "4", "--distill_seconds", "20"],
         "apc": ["--apc_hidden_size", "64", "--apc_layers", "2", "--segment_length", "120", "--batch_size", "8",
                 "--max_iters", "10", "--max_dataset_size", "40"],
         "audio2feature": ["--sequence_length", "60", "--batch_size", "8", "--frame_jump_stride", "30",
@@ -115,8 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lookahead_ms", type=non_negative_float, default=DEFAULT_LOOKAHEAD_MS,
                    help="audio the mouth model may wait for (300 = the release; 0 = none): the live latency floor")
     p.add_argument("--mouth_models", type=positive_int, default=None,
-                   help="mouth models (seeds 0, 1, ...) whose outputs are averaged (default: the profile's; 1 = "
-                        "the release's single model)")
+                   help="mouth models (seeds 0, 1, ...) whose average one more mouth model learns (default: the "
+                        "profile's)")
+    p.add_argument("--no_distill", action="store_true",
+                   help="no distilled mouth model: the runtime averages the --mouth_models themselves (1 = the "
+                        "release's single model)")
     p.add_argument("--apc_ckpt", type=Path, default=None,
                    help="the audio encoder (default: the bundled data/apc/apc_h256.pth)")
     p.add_argument("--train_apc", action="store_true", help="pre-train the audio encoder on --speech instead")
@@ -144,24 +155,40 @@ def lookahead_frames(a: argparse.Namespace, fps: float = 60.0) -> dict[str, int]
     return {"audio2feature": frames, "smooth": min(2, frames // 4), "audio2headpose": min(MAX_POSE_LOOKAHEAD, frames)}
 
 
-def run_name(a: argparse.Namespace, stage: str, member: int = 0) -> str:
+def run_name(a: argparse.Namespace, stage: str, member: int = 0, distilled: bool = False) -> str:
     """<id>_<stage>, with the lookahead when it is not the release's (each choice is its own model) and, for
-    the mouth models after the first, _m<member>."""
+    the mouth models after the first, _m<member> (_distilled for the one that learns their average)."""
     audio = stage in ("audio2feature", "audio2headpose") and a.lookahead_ms != RELEASE_LOOKAHEAD_MS
-    return f"{a.id}_{stage}" + (f"_{a.lookahead_ms:g}ms" if audio else "") + (f"_m{member}" if member else "")
+    return f"{a.id}_{stage}" + (f"_{a.lookahead_ms:g}ms" if audio else "") + (f"_m{member}" if member else "") + \
+        ("_distilled" if distilled else "")
 
 
-def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict, member: int = 0) -> Path:
-    """Train (or resume, or skip) one stage (of the mouth models, the one seeded `member`); returns its network
-    checkpoint."""
+def with_flags(flags: list[str], overrides: list[str]) -> list[str]:
+    """`flags` with the value of each "--name value" pair of `overrides` replaced, or the pair appended."""
+    out = list(flags)
+    for name, value in zip(overrides[::2], overrides[1::2]):
+        if name in out:
+            out[out.index(name) + 1] = value
+        else:
+            out += [name, value]
+    return out
+
+
+def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict, member: int = 0,
+                teachers: list[Path] | None = None) -> Path:
+    """Train (or resume, or skip) one stage (of the mouth models, the one seeded `member`, or with `teachers`
+    the one that starts from the first of them and learns their average); returns its network checkpoint."""
     import train
     from datasets.identity import STAGES, IdentityFiles
     from util.checkpoint import load_checkpoint_state, network_path, state_path
 
-    name = run_name(a, stage, member)
+    name = run_name(a, stage, member, distilled=bool(teachers))
     run = a.checkpoints_dir / name
     ckpt = network_path(run, "latest", STAGES[stage].network)
     flags = PROFILES[a.profile][stage] + (["--seed", str(member)] if member else [])
+    if teachers:
+        flags = [*with_flags(flags, PROFILES[a.profile]["distill"]), "--init_weights", str(teachers[0]),
+                 "--teacher_ckpts", *map(str, teachers), "--distill_speech", str(a.speech)]
     if stage in ("audio2feature", "audio2headpose"):
         flags = [*flags, "--frame_future", str(lookahead_frames(a)[stage])]
     if stage == "audio2headpose":
@@ -178,8 +205,12 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
     features = IdentityFiles(dataroot).apc_base
     stale = stage in ("audio2feature", "audio2headpose") and ckpt.is_file() and features.is_file() and \
         ckpt.stat().st_mtime < features.stat().st_mtime
+    older = [t for t in teachers or [] if ckpt.is_file() and t.is_file() and ckpt.stat().st_mtime < t.stat().st_mtime]
     if stale:
         print(f"\n== train {stage}: {run} was trained on older audio features than {features}; training anew")
+    elif older:
+        stale = True
+        print(f"\n== train {stage}: {run} learnt from an older {older[0]}; training anew")
     if state_path(run, "latest").is_file() and not a.force and not stale:
         done = load_checkpoint_state(run, "latest", "training state")["total_iters"]
         if done >= target:
@@ -197,8 +228,10 @@ def train_stage(a: argparse.Namespace, stage: str, dataroot: Path, timings: dict
 
 
 def train_mouth_models(a: argparse.Namespace, dataroot: Path, timings: dict) -> None:
-    """Train --mouth_models mouth models, seeds 0, 1, ...; with more than one, point config/<id>.yaml's
-    Audio2Mouth.ckp_path at the list of the checkpoints their training chose (the runtime averages them)."""
+    """Train --mouth_models mouth models, seeds 0, 1, ..., then one that starts from the first and learns their
+    average on other speakers' speech (train.py points config/<id>.yaml at it). With --no_distill and more
+    than one, point the config's Audio2Mouth.ckp_path at the list of the checkpoints their training chose
+    (the runtime averages them)."""
     from datasets.identity import STAGES, load_config, project_path, set_config_value, stage_checkpoints
 
     chosen = []
@@ -207,7 +240,10 @@ def train_mouth_models(a: argparse.Namespace, dataroot: Path, timings: dict) -> 
             print(f"\n== mouth model {member + 1} of {a.mouth_models} (seed {member})", flush=True)
         train_stage(a, "audio2feature", dataroot, timings, member)
         chosen += stage_checkpoints(load_config(a.id, a.config_dir), "audio2feature")[:1]
-    if a.mouth_models > 1:
+    if not a.no_distill:
+        print(f"\n== one mouth model learns the average of the {len(chosen)} on other speakers' speech", flush=True)
+        train_stage(a, "audio2feature", dataroot, timings, teachers=chosen)
+    elif a.mouth_models > 1:
         set_config_value(a.config_dir, a.id, ("model_params", STAGES["audio2feature"].section, "ckp_path"),
                          [project_path(p) for p in chosen])
 

@@ -270,3 +270,58 @@ def test_html_page_lists_epochs_past_999(tmp_path):
     page = (tmp_path / "v" / "web" / "index.html").read_text()
     assert all(f"epoch [{e}]" in page for e in (999, 1000, 1001))
     assert "epoch [100]" not in page and "epoch [1002]" not in page
+
+
+def test_distillation_learns_the_teachers_average_on_other_speech(tmp_path):
+    """--teacher_ckpts: the targets are the teachers' averaged runtime output on the other speech as the runtime
+    encodes it; training brings the network's output on it down to them; a teacher of another lookahead is
+    refused."""
+    from datasets.identity import PROJECT_ROOT, load_config
+    from models.runtime.motion import speech_files, speech_pairs
+    from models.runtime.pipeline import load_mouth_encoder
+    from models.synthetic import make_identity, write_training_clips
+    from util.errors import InputError
+
+    config_dir = make_identity(tmp_path, "syn")
+    root = tmp_path / "data" / "syn"
+    write_training_clips(root)
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    shutil.copy(sorted((PROJECT_ROOT / "data" / "example_src" / "speech").glob("*.ogg"))[0], speech)
+    teacher = root / "checkpoints" / "Audio2Feature.pth"  # random weights, trained with 18 frames of lookahead
+    other = tmp_path / "other.pth"
+    state = torch.load(teacher, weights_only=False)
+    state["state_dict"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, other)
+
+    def args(frame_future: int = 18) -> list[str]:
+        return ["--model", "audio2feature", "--dataroot", str(root), "--checkpoints_dir", str(tmp_path / "ckpt"),
+                "--name", "student", "--num_threads", "0", "--seed", "1", "--sequence_length", "40",
+                "--batch_size", "2", "--frame_future", str(frame_future), "--config_dir", str(config_dir), "--lr",
+                "3e-3", "--max_iters", "30", "--print_freq", "5", "--teacher_ckpts", str(teacher), str(other),
+                "--distill_speech", str(speech), "--distill_seconds", "5", "--distill_batch", "4"]
+
+    encoder, average, _ = load_mouth_encoder(load_config("syn", config_dir), [teacher, other], torch.device("cpu"))
+    pairs = torch.from_numpy(speech_pairs(encoder, speech_files(speech, 5)[0])).float()
+    with torch.no_grad():
+        expected = (teacher_net(teacher, pairs) + teacher_net(other, pairs)) / 2
+        assert torch.allclose(average.eval()(pairs.reshape(1, 2 * len(pairs), -1))[0][0], expected, atol=1e-5)
+    targets = create_model(TrainOptions().parse(args(), save=False)).speech.items
+    assert len(targets) == 1 and torch.equal(targets[0][0], pairs)
+    assert torch.allclose(targets[0][1], expected, atol=1e-5)
+    assert train.cli(args()) == 0
+    logged = [json.loads(line) for line in (tmp_path / "ckpt" / "student" / "stats.jsonl").read_text().splitlines()]
+    teacher_loss = [row["L2_teacher"] for row in logged if "L2_teacher" in row]
+    assert len(teacher_loss) >= 5 and teacher_loss[-1] < 0.2 * teacher_loss[0], teacher_loss
+    with pytest.raises(InputError, match="--teacher_ckpts .*--frame_future 18 .*--frame_future 9"):
+        create_model(TrainOptions().parse([*args(9), "--overwrite"], save=False))
+
+
+def teacher_net(path, pairs: torch.Tensor) -> torch.Tensor:
+    """One mouth checkpoint's output (frames, 75) on APC pairs (frames, 2 * d), loaded on its own."""
+    from models.networks import Audio2FeatureConfig, Audio2FeatureNet
+
+    file = torch.load(path, weights_only=False)
+    net = Audio2FeatureNet(Audio2FeatureConfig(**file["config"]))
+    net.load_state_dict(file["state_dict"])
+    return net.eval()(pairs.reshape(1, 2 * len(pairs), -1))[0][0]

@@ -258,13 +258,17 @@ def person_pose_statistics(files: IdentityFiles, fps: float, window: int) -> dic
 
 
 def _checkpoint_summary(path: Path) -> dict:
-    """{'checkpoint': path, 'iterations': its run's training iterations, when its training state says}."""
+    """{'checkpoint': path, 'iterations': its run's training iterations, 'distilled_from': how many mouth models
+    it learnt the average of (--teacher_ckpts), when its training state says}."""
     info: dict = {"checkpoint": str(path)}
     parts = split_network_path(path)
     state = state_path(path.parent, parts[0]) if parts else None
     if state is not None and state.is_file():
         try:  # a summary line: an unreadable state (e.g. written by an older version) only loses it
-            info["iterations"] = int(load_file(state, "training state")["total_iters"])
+            saved = load_file(state, "training state")
+            info["iterations"] = int(saved["total_iters"])
+            if (saved.get("opt") or {}).get("teacher_ckpts"):
+                info["distilled_from"] = len(saved["opt"]["teacher_ckpts"])
         except (InputError, KeyError, TypeError, ValueError) as err:
             log.warning("training summary: %s", str(err).splitlines()[0][:200])
     return info

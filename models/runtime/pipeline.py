@@ -151,12 +151,14 @@ def _onnx_file(cfg: dict, backend: str) -> Path | None:
     return onnx_renderer_path(cfg, backend) if backend in ONNX_FILES else None
 
 
-def _load_stage(cfg: dict, stage: str, default: object | None = None, **kw: object) -> tuple:
-    """The network config[model_params][<stage section>].ckp_path names: (network, its config, meta)."""
+def _load_stage(cfg: dict, stage: str, default: object | None = None, paths: list[Path] | None = None,
+                **kw: object) -> tuple:
+    """The network config[model_params][<stage section>].ckp_path names (or those of `paths`, several of
+    them averaged like a list there): (network, its config, meta)."""
     s = STAGES[stage]
     net_cls, config_cls = NETWORKS[s.network]
     what = f"{s.network} checkpoint"
-    paths = stage_checkpoints(cfg, stage)
+    paths = stage_checkpoints(cfg, stage) if paths is None else paths
     loaded = [load_network(path, s.network, net_cls, config_cls, default or config_cls(), what, **kw) for path in paths]
     if len(loaded) == 1:
         return loaded[0]
@@ -182,28 +184,47 @@ def load_audio_side(cfg: dict, device: torch.device, with_mouth: bool = True) ->
     """An identity's audio side (APC, manifold, Audio2Feature, Audio2Headpose, settings, assets) from its
     loaded config; needs no renderer, so it works before Feature2Face is trained (and without
     Audio2Feature when `with_mouth` is false: the pose side alone, mouth_net None)."""
+    assets = IdentityAssets.load(cfg, need_apc_base=runtime_settings(cfg, {}, {}).encoder.use_lle)
+    apc = _load_apc(cfg)
+    a2f, _, a2f_meta = _load_stage(cfg, "audio2feature") if with_mouth else (None, None, {})
+    a2h, _, a2h_meta = _load_stage(cfg, "audio2headpose")
+    return build_audio_side(cfg, assets, apc, a2f, a2h, device, runtime_settings(cfg, a2f_meta, a2h_meta))
+
+
+def _load_apc(cfg: dict) -> APC:
     mp = cfg["model_params"]
     try:
         apc_default = APCConfig(mel_dim=int(mp["APC"]["mel_dim"]), hidden_size=int(mp["APC"]["hidden_size"]),
                                 num_layers=int(mp["APC"]["num_layers"]), residual=bool(mp["APC"]["residual"]))
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"config file {cfg['_path']}: APC sizes are not valid ({type(err).__name__}: {err})") from err
-    assets = IdentityAssets.load(cfg, need_apc_base=runtime_settings(cfg, {}, {}).encoder.use_lle)
-    apc, _, _ = _load_stage(cfg, "apc", apc_default, optional_prefixes=("postnet.",))
-    a2f, _, a2f_meta = _load_stage(cfg, "audio2feature") if with_mouth else (None, None, {})
-    a2h, _, a2h_meta = _load_stage(cfg, "audio2headpose")
-    return build_audio_side(cfg, assets, apc, a2f, a2h, device, runtime_settings(cfg, a2f_meta, a2h_meta))
+    return _load_stage(cfg, "apc", apc_default, optional_prefixes=("postnet.",))[0]
 
 
-def build_audio_side(cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet | None, a2h: Audio2HeadposeNet,
-                     device: torch.device, settings: RuntimeSettings) -> AudioSide:
-    """Chain loaded audio networks with the identity's feature database."""
+def load_mouth_encoder(cfg: dict, paths: list[Path],
+                       device: torch.device) -> tuple[AudioEncoder, torch.nn.Module, dict]:
+    """The identity's audio encoder as the runtime runs it (APC and the feature database) and the mouth models
+    of `paths` (several averaged), without the pose model or renderer: (encoder, mouth network, its meta)."""
+    settings = runtime_settings(cfg, {}, {})
+    assets = IdentityAssets.load(cfg, need_apc_base=settings.encoder.use_lle)
+    apc = _load_apc(cfg)
+    net, _, meta = _load_stage(cfg, "audio2feature", paths=paths)
+    return _encoder(apc, assets, settings, device), net.to(device), meta
+
+
+def _encoder(apc: APC, assets: IdentityAssets, settings: RuntimeSettings, device: torch.device) -> AudioEncoder:
     database = None
     if assets.apc_base is not None and settings.encoder.use_lle:
         if assets.apc_base.shape[1] != apc.cfg.hidden_size:
             raise InputError(f"APC feature database in {assets.root}: features are {assets.apc_base.shape[1]}-d "
                              f"but the APC encoder gives {apc.cfg.hidden_size}-d")
         database = FeatureDatabase(torch.from_numpy(assets.apc_base))
-    encoder = AudioEncoder(apc.to(device), LogMel(MelConfig(fps=settings.fps, n_mels=apc.cfg.mel_dim)), database,
-                           settings.encoder, device)
-    return AudioSide(encoder, a2f.to(device) if a2f is not None else None, a2h.to(device), settings, assets, device)
+    return AudioEncoder(apc.to(device), LogMel(MelConfig(fps=settings.fps, n_mels=apc.cfg.mel_dim)), database,
+                        settings.encoder, device)
+
+
+def build_audio_side(cfg: dict, assets: IdentityAssets, apc: APC, a2f: Audio2FeatureNet | None, a2h: Audio2HeadposeNet,
+                     device: torch.device, settings: RuntimeSettings) -> AudioSide:
+    """Chain loaded audio networks with the identity's feature database."""
+    return AudioSide(_encoder(apc, assets, settings, device), a2f.to(device) if a2f is not None else None,
+                     a2h.to(device), settings, assets, device)
