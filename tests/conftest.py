@@ -45,6 +45,22 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def trainable_identity(tmp_path: Path, name: str = "syn") -> tuple[Path, Path, Path]:
+    """A synthetic identity with random networks, a config and training clips under `tmp_path`, and a folder
+    holding one bundled LibriSpeech utterance: (config dir, identity folder, speech folder)."""
+    import shutil
+
+    from models.synthetic import make_identity, write_training_clips
+
+    config_dir = make_identity(tmp_path, name)
+    root = tmp_path / "data" / name
+    write_training_clips(root)
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    shutil.copy(sorted((ROOT / "data" / "example_src" / "speech").glob("*.ogg"))[0], speech)
+    return config_dir, root, speech
+
+
 def ar1(e, tau: float):
     """AR(1) noise of time constant `tau` frames from independent draws e (n, k), written out as a loop: the
     reference for models.runtime.streams.NoiseSource's slow noise (y_0 = e_0)."""

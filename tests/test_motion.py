@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import trainable_identity
 
 import train
 from datasets.audiovisual_dataset import load_clip
-from datasets.identity import PROJECT_ROOT as ROOT
 from datasets.identity import IdentityFiles, load_config, set_config_value
 from models.runtime import motion
 from models.runtime.motion import (
@@ -45,12 +44,7 @@ def runtime_poses(net, settings, pairs, seed):
 
 
 def test_training_calibrates_the_motion_the_runtime_then_samples(tmp_path):
-    config_dir = make_identity(tmp_path, "syn")
-    root = tmp_path / "data" / "syn"
-    write_training_clips(root)
-    speech = tmp_path / "speech"
-    speech.mkdir()
-    shutil.copy(sorted((ROOT / "data" / "example_src" / "speech").glob("*.ogg"))[0], speech)
+    config_dir, root, speech = trainable_identity(tmp_path)
     args = ["--model", "audio2headpose", "--dataroot", str(root), "--checkpoints_dir", str(tmp_path / "ckpt"),
             "--name", "a2h", "--num_threads", "0", "--seed", "1", "--time_frame_length", "12", "--batch_size", "4",
             "--frame_jump_stride", "7", "--max_iters", "4", "--config_dir", str(config_dir),

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import trainable_identity
 
 import test as test_script
 import train
@@ -276,18 +277,12 @@ def test_distillation_learns_the_teachers_average_on_other_speech(tmp_path):
     """--teacher_ckpts: the targets are the teachers' averaged runtime output on the other speech as the runtime
     encodes it; training brings the network's output on it down to them; a teacher of another lookahead is
     refused."""
-    from datasets.identity import PROJECT_ROOT, load_config
+    from datasets.identity import load_config
     from models.runtime.motion import speech_files, speech_pairs
     from models.runtime.pipeline import load_mouth_encoder
-    from models.synthetic import make_identity, write_training_clips
     from util.errors import InputError
 
-    config_dir = make_identity(tmp_path, "syn")
-    root = tmp_path / "data" / "syn"
-    write_training_clips(root)
-    speech = tmp_path / "speech"
-    speech.mkdir()
-    shutil.copy(sorted((PROJECT_ROOT / "data" / "example_src" / "speech").glob("*.ogg"))[0], speech)
+    config_dir, root, speech = trainable_identity(tmp_path)
     teacher = root / "checkpoints" / "Audio2Feature.pth"  # random weights, trained with 18 frames of lookahead
     other = tmp_path / "other.pth"
     state = torch.load(teacher, weights_only=False)
