@@ -133,6 +133,7 @@ class SpeechTargets:
         paths = list(opt.teacher_ckpts)
         encoder, teacher, meta = load_mouth_encoder(load_config(Path(opt.dataroot).name, opt.config_dir), paths,
                                                     device)
+        teacher.eval()
         if meta.get("frame_future") != opt.frame_future or teacher.cfg.apc_dim != apc_dim:
             raise InputError(f"--teacher_ckpts {paths[0]}: trained with --frame_future {meta.get('frame_future')} "
                              f"on {teacher.cfg.apc_dim}-d APC features, but this run has --frame_future "
@@ -144,7 +145,7 @@ class SpeechTargets:
             for audio in tqdm(speech, desc="teacher targets", unit="file"):
                 pairs = torch.from_numpy(speech_pairs(encoder, audio)).float()
                 if len(pairs) >= self.length:
-                    out, _ = teacher.eval()(pairs.reshape(1, 2 * len(pairs), -1).to(device))
+                    out, _ = teacher(pairs.reshape(1, 2 * len(pairs), -1).to(device))
                     self.items.append((pairs, out[0].float().cpu()))
         if not self.items:
             raise InputError(f"--distill_speech {opt.distill_speech or BUNDLED_SPEECH}: no file of at least "

@@ -315,8 +315,8 @@ def test_distillation_learns_the_teachers_average_on_other_speech(tmp_path):
 def teacher_net(path, pairs: torch.Tensor) -> torch.Tensor:
     """One mouth checkpoint's output (frames, 75) on APC pairs (frames, 2 * d), loaded on its own."""
     from models.networks import Audio2FeatureConfig, Audio2FeatureNet
+    from util.checkpoint import load_network
 
-    file = torch.load(path, weights_only=False)
-    net = Audio2FeatureNet(Audio2FeatureConfig(**file["config"]))
-    net.load_state_dict(file["state_dict"])
-    return net.eval()(pairs.reshape(1, 2 * len(pairs), -1))[0][0]
+    net, _, _ = load_network(path, "Audio2Feature", Audio2FeatureNet, Audio2FeatureConfig, Audio2FeatureConfig(),
+                             "teacher")
+    return net(pairs.reshape(1, 2 * len(pairs), -1))[0][0]

@@ -267,8 +267,9 @@ def _checkpoint_summary(path: Path) -> dict:
         try:  # a summary line: an unreadable state (e.g. written by an older version) only loses it
             saved = load_file(state, "training state")
             info["iterations"] = int(saved["total_iters"])
-            if (saved.get("opt") or {}).get("teacher_ckpts"):
-                info["distilled_from"] = len(saved["opt"]["teacher_ckpts"])
+            teachers = (saved.get("opt") or {}).get("teacher_ckpts")
+            if teachers:
+                info["distilled_from"] = len(teachers)
         except (InputError, KeyError, TypeError, ValueError) as err:
             log.warning("training summary: %s", str(err).splitlines()[0][:200])
     return info
